@@ -1,0 +1,1 @@
+"""MOSAIC correspondence annotation: proposal, review store, verification."""

@@ -1,0 +1,1 @@
+"""MOSAIC training: synthetic data, trainer, evaluation."""
