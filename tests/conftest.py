@@ -1,0 +1,36 @@
+"""Shared tiny models for the tests: FLUX architecture, random weights, CPU, seconds."""
+
+import os
+
+import pytest
+import torch
+from diffusers import FluxTransformer2DModel
+
+from mosaic.lora import reference_lora_config
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a model hub
+
+TINY_TRANSFORMER = dict(
+    patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
+    num_attention_heads=2, joint_attention_dim=24, pooled_projection_dim=12, axes_dims_rope=(4, 6, 6),
+)  # fmt: skip
+
+
+def make_transformer(seed: int = 0, guidance_embeds: bool = False, **overrides) -> FluxTransformer2DModel:
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(**{**TINY_TRANSFORMER, "guidance_embeds": guidance_embeds, **overrides}).eval()
+
+
+def add_random_lora(transformer, seed: int = 1, rank: int = 4, adapter_name: str = "default") -> None:
+    """A reference LoRA with non-zero B, so it really changes what it touches."""
+    transformer.add_adapter(reference_lora_config(rank=rank), adapter_name=adapter_name)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in transformer.named_parameters():
+            if "lora_" in name:
+                param.copy_(0.2 * torch.randn(param.shape, generator=generator))
+
+
+@pytest.fixture
+def tiny_transformer():
+    return make_transformer()
