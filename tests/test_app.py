@@ -1,13 +1,20 @@
-"""The Generate tab's handler and Blocks on the embedded default."""
+"""app.build_demo and the tabs' Gradio-facing handlers on the embedded default: bad input
+becomes a visible gr.Error naming the problem, and the review store stays unchanged."""
 
 import gradio as gr
-import numpy as np
 import pytest
-from PIL import Image
 
-from app import build_demo, generate, parse_args
+from annotator.store import ReviewStore
+from app import build_demo
 from mosaic import DEFAULT_MODEL_DIR
 from mosaic.loading import load_pipeline
+from studio import annotate_tab, attention_tab, generate_tab
+from studio.generation import MAX_SEED
+from studio_fixtures import FAST, box_file, example_references, png_declaring
+
+
+def no_progress(*args, **kwargs):
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -15,37 +22,107 @@ def pipe():
     return load_pipeline(DEFAULT_MODEL_DIR, device="cpu")
 
 
-def reference_file(tmp_path, colour, name):
-    image = np.full((80, 80, 3), 255, np.uint8)
-    image[20:60, 25:55] = colour
-    path = tmp_path / name
-    Image.fromarray(image).save(path)
-    return str(path)
+@pytest.fixture
+def run_generate(pipe, tmp_path):
+    handler = generate_tab.make_generate_handler(pipe, tmp_path, {"model": "tiny"})
+
+    def run(files, prompt="a red box", width=FAST["width"], height=FAST["height"], seed=7, randomise=False, images=1):
+        return handler(files, prompt, "", width, height, FAST["steps"], 3.5, seed, randomise, images, False, 1, 100,
+                       progress=no_progress)  # fmt: skip
+
+    return run
 
 
-def test_generate_handler_with_three_references(pipe, tmp_path):
-    files = [reference_file(tmp_path, c, f"r{i}.png") for i, c in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)])]
-    images = generate(pipe, files, "a red box, a green box and a blue box", 64, 64, 2, 3.5, 7, 2, progress=lambda *a, **k: None)
-    assert len(images) == 2 and images[0].size == (64, 64)
+def test_build_demo_serves_the_three_tabs_with_a_queue(pipe, tmp_path):
+    demo = build_demo(pipe, store=tmp_path / "data" / "store.db", outputs_dir=tmp_path / "out", max_queue=5)
+    assert isinstance(demo, gr.Blocks) and (tmp_path / "data" / "store.db").is_file()
+    names = {fn.api_name for fn in demo.fns.values()}
+    assert {"generate", "heatmap", "send_to_annotate", "annotate_load", "annotate_click", "annotate_accepted",
+            "annotate_report", "annotate_export"} <= names
+    assert demo._queue.max_size == 5
+    generate = next(fn for fn in demo.fns.values() if fn.api_name == "generate")
+    assert generate.concurrency_limit == 1  # one pipeline, one generation at a time
 
 
-@pytest.mark.parametrize(
-    "files, prompt, height, message",
-    [([], "", 64, "prompt is empty"), ([], "a box", 72, "divisible by 16")],
-)
-def test_bad_input_becomes_a_visible_error(pipe, files, prompt, height, message):
+def test_generate_handler_returns_pngs_seed_and_session(run_generate):
+    paths, downloads, seed, generation, summary = run_generate(example_references(3), images=2)
+    assert paths == downloads == generation.paths and len(paths) == 2 and seed == 7
+    assert generation.record is not None and "3 reference(s)" in summary
+    *_, random_seed, _, _ = run_generate([], randomise=True)
+    assert 0 <= random_seed <= MAX_SEED
+
+
+@pytest.mark.parametrize("case, message", [
+    ("text", "not a readable image"), ("corrupt", "not a readable image"), ("bomb", "too large to load"),
+    ("seven", "at most 6"),
+    ("empty", "prompt is empty"), ("height", "height=72"), ("width", "width=2048 is outside"),
+])  # fmt: skip
+def test_bad_input_is_a_visible_error(run_generate, tmp_path, case, message):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    corrupt = tmp_path / "cut.png"
+    corrupt.write_bytes(open(box_file(tmp_path / "whole.png"), "rb").read()[:120])  # truncated mid-data
+    files = {"text": [str(text)], "corrupt": [str(corrupt)], "bomb": [png_declaring(tmp_path / "bomb.png", 20_000, 20_000)],
+             "seven": [box_file(tmp_path / f"{i}.png") for i in range(7)]}.get(case, [])
+    kwargs = {"empty": dict(prompt=""), "height": dict(height=72), "width": dict(width=2048)}.get(case, {})
     with pytest.raises(gr.Error, match=message):
-        generate(pipe, files, prompt, height, 64, 2, 3.5, 0, 1, progress=lambda *a, **k: None)
+        run_generate(files, **kwargs)
 
 
-def test_not_an_image_is_named(pipe, tmp_path):
-    bad = tmp_path / "notes.png"
-    bad.write_text("not an image")
-    with pytest.raises(gr.Error, match="not a readable image"):
-        generate(pipe, [str(bad)], "a box", 64, 64, 2, 3.5, 0, 1, progress=lambda *a, **k: None)
+def test_preview_shows_the_preprocessed_references_or_names_the_bad_one(tmp_path):
+    shown = generate_tab.on_preview(example_references(2), False)
+    assert [caption for _, caption in shown] == ["1: blue_person.png", "2: brown_quadruped.png"]
+    assert shown[0][0].size == (256, 256) and shown[0][0].getpixel((0, 0)) == (255, 255, 255)  # white padding
+    with pytest.raises(gr.Error, match="reference 1 .*too large"):
+        generate_tab.on_preview([png_declaring(tmp_path / "bomb.png", 30_000, 20_000)], False)
 
 
-def test_build_demo_and_defaults(pipe):
-    assert isinstance(build_demo(pipe), gr.Blocks)
-    args = parse_args([])
-    assert args.model == str(DEFAULT_MODEL_DIR) and args.host == "127.0.0.1"
+def test_attention_handlers_before_and_after_a_generation(run_generate, tmp_path):
+    with pytest.raises(gr.Error, match="Generate with at least one reference"):
+        attention_tab._visible(attention_tab.redraw)(None, None, 1, 0, 0, "inferno", 0.5)
+    assert attention_tab.on_new_generation(None, 0.5)[2].startswith("Generate with")
+    *_, generation, _ = run_generate(example_references(2))
+    reset = attention_tab.on_new_generation(generation, 0.5)
+    assert reset[4]["choices"][0] == ("transformer_blocks.0", 0) and reset[7] is not None  # blocks, overview
+    clicked, strip, heatmap, caption = attention_tab.on_reference_pixel(generation, 1, 30, 30, 1, 0, 3, "turbo", 0.4)
+    assert clicked == (0, 30.0, 30.0) and heatmap.size == (64, 64) and "Reference 1" in caption
+
+    store = tmp_path / "store.db"
+    ReviewStore(store).close()
+    *view, tab = attention_tab.make_send_handler(store)(generation, 1, 0, 3, 2, "ann")
+    assert tab["selected"] == "annotate" and view[0].draft.selected == 1
+    with ReviewStore(store) as opened:
+        assert opened.stats().samples == 1
+    with pytest.raises(gr.Error, match="no generated image 2"):
+        attention_tab.make_send_handler(store)(generation, 2, 0, 3, 2, "ann")
+
+
+def test_annotate_handlers_move_accept_and_refuse_a_stale_save(run_generate, tmp_path):
+    *_, generation, _ = run_generate(example_references(2))
+    store = tmp_path / "store.db"
+    ReviewStore(store).close()
+    opened = attention_tab.make_send_handler(store)(generation, 1, 0, 3, 2, "")[0]
+    with pytest.raises(gr.Error, match="annotator name"):
+        annotate_tab.on_load(store, " ")
+    loaded, canvas, info, queue, progress = annotate_tab.on_load(store, "ann")
+    assert loaded.draft.sample_id == opened.draft.sample_id and "Sample **1 of 1**" in progress
+
+    target = loaded.layout.panel("target")
+    moved, *_ = annotate_tab.on_click(loaded, annotate_tab.SELECT_MODE, *target.to_canvas((5.0, 5.0)))
+    assert moved.draft.counts()["moved"] == 1
+    assert annotate_tab.on_click(moved, annotate_tab.SELECT_MODE, 0, 0) == (gr.skip(),) * 3  # a gap: a warning only
+    judged, *_ = annotate_tab._draft_action("judge_remaining", "correct")(moved, annotate_tab.SELECT_MODE)
+    with pytest.raises(gr.Error, match="still need a verdict"):
+        annotate_tab.on_save(store, "accepted", moved, "ann", annotate_tab.SELECT_MODE)
+    after = annotate_tab.on_save(store, "accepted", judged, "ann", annotate_tab.SELECT_MODE)
+    assert after[0] is None and "All **1** samples reviewed" in after[4]
+
+    with ReviewStore(store) as opened_store:
+        before = opened_store.stats()
+    with pytest.raises(gr.Error, match="changed by another review"):  # the same draft again: version conflict
+        annotate_tab.on_save(store, "rejected", judged, "bob", annotate_tab.SELECT_MODE)
+    with ReviewStore(store) as opened_store:
+        assert opened_store.stats() == before and before.by_status == {"accepted": 1}
+    assert "overall" in annotate_tab.on_report(store, False)
+    assert annotate_tab.on_export(store, tmp_path).endswith(".json")
+    assert "stratified sample: 1 of 1 reviewed" in annotate_tab.on_mark(store, 0.5, 0, "ann")
