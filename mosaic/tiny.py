@@ -75,7 +75,8 @@ class TinyFluxConfig:
         _check(all(d > 0 and d % 2 == 0 for d in rope), "axes_dims_rope", "entries must be even (RoPE pairs)")
         _check(sum(rope) == self.attention_head_dim, "axes_dims_rope",
                f"must sum to attention_head_dim={self.attention_head_dim}, got {sum(rope)}")
-        _check(len(vae) == 4, "vae_block_out_channels", "needs 4 levels so the VAE downsamples 8x like FLUX")
+        _check(len(vae) >= 2, "vae_block_out_channels",
+               "needs at least 2 levels: the VAE downsamples 2^(levels-1)x (4 levels = 8x, like FLUX)")
         _check(all(c > 0 and c % self.vae_norm_num_groups == 0 for c in vae), "vae_block_out_channels",
                f"each must be a multiple of vae_norm_num_groups={self.vae_norm_num_groups}")
         _check(self.pooled_projection_dim % self.clip_num_heads == 0, "clip_num_heads",
@@ -279,14 +280,14 @@ def build_tiny_pipeline(out_dir: str | os.PathLike, config: TinyFluxConfig | Non
         info = {"builder": "mosaic.tiny", "seed": seed, "config": dataclasses.asdict(cfg)}
         (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         _make_readable(tmp)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
+def replace_dir(src: Path, dst: Path) -> None:
     """Move src to dst; an existing dst is swapped out first and deleted only after success."""
     if not dst.exists():
         os.replace(src, dst)

@@ -220,7 +220,7 @@ def test_components_leave_global_rng_alone():
     [
         ({"axes_dims_rope": (4, 6, 4)}, "axes_dims_rope"),
         ({"axes_dims_rope": (5, 5, 6)}, "axes_dims_rope"),
-        ({"vae_block_out_channels": (32, 64, 64)}, "vae_block_out_channels"),
+        ({"vae_block_out_channels": (32,)}, "vae_block_out_channels"),
         ({"vae_block_out_channels": (12, 32, 32, 64)}, "vae_block_out_channels"),
         ({"num_layers": 0}, "num_layers"),
         ({"clip_num_heads": 3}, "clip_num_heads"),
