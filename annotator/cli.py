@@ -1,10 +1,14 @@
 """Command line of the annotator: `python -m annotator COMMAND`.
 
-  sample  mark the stratified verification sample in a review store
-  report  point error rate per stratum and overall, and inter-annotator agreement
+  propose  propose correspondences for a data folder (resumable, sharded by rank)
+  import   register samples in a review store (project format, synthetic world, Subjects200K)
+  sample   mark the stratified verification sample in a review store
+  report   point error rate per stratum and overall, and inter-annotator agreement
+  export   accepted samples as training data, or Label Studio JSON
 
-Each command is a function that adds its subparser and sets `run`; a new command (propose,
-export) is one more entry in COMMANDS. An unknown command gets argparse's usual error.
+Each command is a function that adds its subparser and sets `run`; a new command is one more
+entry in COMMANDS (propose, import and export live in annotator.cli_data). An unknown command
+gets argparse's usual error.
 """
 from __future__ import annotations
 
@@ -15,9 +19,11 @@ import sys
 from collections import Counter
 from typing import Callable, Sequence
 
+from annotator.cli_data import add_export_command, add_import_command, add_propose_command
 from annotator.store import ReviewStore
 from annotator.verify import (DEFAULT_FRACTION, ErrorRate, ErrorReport, cohens_kappa,
                               error_report, format_stratum, observed_agreement, stratified_sample)
+from annotator.weights import MissingWeightsError
 
 DEFAULT_ACTOR = "cli"  # who the audit log says marked the sample, unless --actor says
 EXIT_ERROR = 1  # a usage error is argparse's 2
@@ -115,12 +121,13 @@ def _report_table(report: ErrorReport, agreement: dict | None, scope: str) -> st
 
 # --- entry point ------------------------------------------------------------------------------
 
-COMMANDS: list[Callable] = [add_sample_command, add_report_command]
+COMMANDS: list[Callable] = [add_propose_command, add_import_command, add_sample_command,
+                            add_report_command, add_export_command]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m annotator",
-                                     description="MOSAIC correspondence verification tools")
+                                     description="MOSAIC correspondence annotation tools")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_command in COMMANDS:
         add_command(commands)
@@ -131,6 +138,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (FileNotFoundError, ValueError) as error:  # bad input: a message, not a traceback
+    except (FileNotFoundError, ValueError, MissingWeightsError) as error:  # a message, not a traceback
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
