@@ -88,7 +88,8 @@ def main():
     print("| K | s/step | vs K=0 | peak GPU GiB |")
     print("|---|---|---|---|")
     for k, seconds, peak in rows:
-        print(f"| {k} | {seconds:.3f} | {seconds / base:.2f} | {peak:.1f} |")
+        memory = "–" if peak != peak else f"{peak:.1f}"  # NaN on the CPU
+        print(f"| {k} | {seconds:.3f} | {seconds / base:.2f} | {memory} |")
 
 
 if __name__ == "__main__":

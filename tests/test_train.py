@@ -112,3 +112,21 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dir, tmp_
         train(config)
     assert [p.name for p in checkpoints(tmp_path)] == ["step-2"]
     assert not (tmp_path / "pipeline").exists()
+
+
+def test_a_semalign_ms_folder_feeds_the_same_batches(tmp_path):
+    from mosaic.semalign import save_sample
+    from train.synthetic import WorldConfig, generate_sample
+
+    world = WorldConfig(target_size=96, ref_size=48, token_size=8, min_subjects=2, max_subjects=2)
+    for i in range(3):
+        save_sample(generate_sample(5, i, "train", world), tmp_path / f"s{i}", token_size=8)
+    config = DataConfig(source=str(tmp_path), target_size=64, ref_size=32, caption_drop=0.0)
+    batch = BatchSource(config, batch_size=2, token_size=8, with_references=True, points=6).batch(0)
+    assert batch.target.shape == (2, 3, 64, 64) and batch.references.shape == (2, 2, 3, 32, 32)
+    assert batch.valid.any() and (batch.tgt_index[batch.valid] < (64 // 8) ** 2).all()  # points rescaled to 64 px
+    with pytest.raises(ValueError, match="neither 'synthetic' nor a dataset folder"):
+        BatchSource(DataConfig(source=str(tmp_path / "missing")), 1, 8, True, 4)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no samples"):
+        BatchSource(DataConfig(source=str(tmp_path / "empty")), 1, 8, True, 4)

@@ -117,6 +117,8 @@ class FolderSamples:
 
     def __init__(self, config: DataConfig):
         self.config = config
+        if not Path(config.source).is_dir():
+            raise ValueError(f"data.source {config.source!r} is neither 'synthetic' nor a dataset folder")
         self.buckets: dict[int, list[Path]] = {}
         for sample_dir in list_sample_dirs(config.source):
             count = len(json.loads((sample_dir / "sample.json").read_text(encoding="utf-8"))["references"])
