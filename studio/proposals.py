@@ -2,7 +2,10 @@
 
 For each reference, a few tokens inside its subject (non-white pixels of the preprocessed
 reference), spread over it by farthest-point order, each paired with the target token its
-attention row peaks at. Eq. 2 (no target token claimed by two references) is kept by skipping
+attention row peaks at. A token's reference point is its centre when that pixel is on the
+subject, else the token's subject pixel nearest the centre: a mostly covered token's centre can
+still fall on white (between a quadruped's legs, say), the more so the smaller the tokens
+(8 px with a 4x VAE). Eq. 2 (no target token claimed by two references) is kept by skipping
 a candidate whose peak another reference already claimed. The images are written beside the
 review store, and the sample is added to it for review like any other.
 """
@@ -36,14 +39,49 @@ def subject_tokens(reference: Image.Image, grid: tuple[int, int], tolerance: int
     with any subject pixel; when there is none, all tokens."""
     rows, cols = grid
     n = COVERAGE_SAMPLES
-    pixels = np.asarray(reference.convert("RGB").resize((cols * n, rows * n)), dtype=np.int16)  # (H, W, 3)
-    foreground = (np.abs(pixels - 255) > tolerance).any(axis=2)  # (H, W)
-    share = foreground.reshape(rows, n, cols, n).mean(axis=(1, 3))  # (rows, cols)
+    subject = foreground(reference.convert("RGB").resize((cols * n, rows * n)), tolerance)  # (rows·n, cols·n)
+    share = subject.reshape(rows, n, cols, n).mean(axis=(1, 3))  # (rows, cols)
     for threshold in (SUBJECT_FRACTION, 1e-9):
         inside = np.flatnonzero(share.reshape(-1) >= threshold)
         if inside.size:
             return inside
     return np.arange(rows * cols)
+
+
+def foreground(reference: Image.Image, tolerance: int = BBOX_TOLERANCE) -> np.ndarray:
+    """(H, W) bool: the pixels that are not white (within `tolerance`), i.e. the subject."""
+    pixels = np.asarray(reference.convert("RGB"), dtype=np.int16)
+    return (np.abs(pixels - 255) > tolerance).any(axis=2)
+
+
+def _interior(mask: np.ndarray) -> np.ndarray:
+    """The pixels of `mask` whose four neighbours are in it too: the subject without its
+    (anti-aliased, paler) outline."""
+    padded = np.pad(mask, 1)
+    return mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+
+
+def subject_point(token: int, grid: tuple[int, int], subject: np.ndarray) -> tuple[float, float]:
+    """The reference point (x, y) proposed for `token`: its centre when that pixel is on the
+    subject, else the centre of the token's subject pixel nearest it, inner pixels before
+    outline ones; the centre when the token has no subject pixel. subject: (H, W) bool."""
+    height, width = subject.shape
+    rows, cols = grid
+    row, col = divmod(token, cols)
+    cx, cy = _centre(token, grid, (width, height))
+    x0, y0 = int(np.floor(col * width / cols)), int(np.floor(row * height / rows))
+    x1 = max(x0 + 1, int(np.ceil((col + 1) * width / cols)))
+    y1 = max(y0 + 1, int(np.ceil((row + 1) * height / rows)))
+    for mask in (_interior(subject), subject):
+        cell = mask[y0:y1, x0:x1]
+        if not cell.any():
+            continue
+        if mask[min(int(cy), height - 1), min(int(cx), width - 1)]:
+            return (cx, cy)
+        ys, xs = np.nonzero(cell)  # row-major: ties go to the first, deterministically
+        nearest = int(np.argmin((x0 + xs + 0.5 - cx) ** 2 + (y0 + ys + 0.5 - cy) ** 2))
+        return (x0 + float(xs[nearest]) + 0.5, y0 + float(ys[nearest]) + 0.5)
+    return (cx, cy)
 
 
 def farthest_order(tokens: np.ndarray, grid: tuple[int, int]) -> list[int]:
@@ -72,14 +110,14 @@ def propose_points(maps: torch.Tensor, references: list[Image.Image], reference_
     claimed: dict[int, int] = {}  # target token → reference that claimed it (Eq. 2)
     points = []
     for k, reference in enumerate(references):
-        taken = 0
+        taken, subject = 0, foreground(reference)
         for u in farthest_order(subject_tokens(reference, reference_grid), reference_grid):
             row = maps[k, u]  # (N_tgt,)
             v = int(row.argmax())
             if claimed.setdefault(v, k) != k:
                 continue
             points.append(PointRecord(
-                ref_index=k, point_index=taken, ref_xy=_centre(u, reference_grid, reference.size),
+                ref_index=k, point_index=taken, ref_xy=subject_point(u, reference_grid, subject),
                 target_xy=_centre(v, target_grid, target_size), source=SOURCE, confidence=float(row[v]),
             ))  # fmt: skip
             taken += 1

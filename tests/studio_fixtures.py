@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from studio.canvas import TARGET, Layout
+from studio.drawing import HIT_RADIUS, DrawnPair, endpoints
 from studio.examples import load_examples
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -21,6 +23,24 @@ def example_references(count: int) -> list[str]:
     """`count` bundled example references (from the example with the most of them)."""
     references = max(load_examples(), key=lambda e: len(e.references)).references
     return list(references[:count])
+
+
+def free_target_point(layout: Layout, pairs: list[DrawnPair], margin: int = 2) -> tuple[float, float]:
+    """A whole-pixel point of the target image that a Select/move click moves the selected pair
+    to: on the canvas it lies farther than HIT_RADIUS from every drawn end (a click that close
+    would select that end's pair instead). The grid point farthest from all ends, so it never
+    depends on where the model's proposals happen to fall (token centres change with its size)."""
+    assert pairs, "no pair to move"
+    panel = layout.panel(TARGET)
+    ends = np.array([end for pair in pairs for end in endpoints(layout, pair)], dtype=np.float64)  # (E, 2)
+    width, height = panel.image_size
+    grid = np.array([(x, y) for y in range(margin, height - margin + 1) for x in range(margin, width - margin + 1)],
+                    dtype=np.float64)  # fmt: skip
+    canvas = np.array([panel.to_canvas(tuple(xy)) for xy in grid])  # (N, 2)
+    clearance = np.sqrt(((canvas[:, None, :] - ends[None, :, :]) ** 2).sum(axis=2)).min(axis=1)
+    best = int(np.argmax(clearance))
+    assert clearance[best] > 2 * HIT_RADIUS, f"no target point clear of the {len(ends)} drawn ends"
+    return (float(grid[best][0]), float(grid[best][1]))
 
 
 def box_file(path: Path, colour=(200, 40, 40), size=(80, 80)) -> str:

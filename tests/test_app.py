@@ -10,7 +10,7 @@ from mosaic import DEFAULT_MODEL_DIR
 from mosaic.loading import load_pipeline
 from studio import annotate_tab, attention_tab, generate_tab
 from studio.generation import MAX_SEED
-from studio_fixtures import FAST, box_file, example_references, png_declaring
+from studio_fixtures import FAST, box_file, example_references, free_target_point, png_declaring
 
 
 def no_progress(*args, **kwargs):
@@ -55,16 +55,20 @@ def test_generate_handler_returns_pngs_seed_and_session(run_generate):
 @pytest.mark.parametrize("case, message", [
     ("text", "not a readable image"), ("corrupt", "not a readable image"), ("bomb", "too large to load"),
     ("seven", "at most 6"),
-    ("empty", "prompt is empty"), ("height", "height=72"), ("width", "width=2048 is outside"),
+    ("empty", "prompt is empty"), ("height", "height={odd} is not divisible by {token}"),
+    ("width", "width=2048 is outside"),
 ])  # fmt: skip
-def test_bad_input_is_a_visible_error(run_generate, tmp_path, case, message):
+def test_bad_input_is_a_visible_error(pipe, run_generate, tmp_path, case, message):
+    token = pipe.pixels_per_token
+    odd = FAST["height"] + token // 2  # inside the slider's range, not whole tokens for this model
+    message = message.format(odd=odd, token=token)
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     corrupt = tmp_path / "cut.png"
     corrupt.write_bytes(open(box_file(tmp_path / "whole.png"), "rb").read()[:120])  # truncated mid-data
     files = {"text": [str(text)], "corrupt": [str(corrupt)], "bomb": [png_declaring(tmp_path / "bomb.png", 20_000, 20_000)],
              "seven": [box_file(tmp_path / f"{i}.png") for i in range(7)]}.get(case, [])
-    kwargs = {"empty": dict(prompt=""), "height": dict(height=72), "width": dict(width=2048)}.get(case, {})
+    kwargs = {"empty": dict(prompt=""), "height": dict(height=odd), "width": dict(width=2048)}.get(case, {})
     with pytest.raises(gr.Error, match=message):
         run_generate(files, **kwargs)
 
@@ -107,9 +111,13 @@ def test_annotate_handlers_move_accept_and_refuse_a_stale_save(run_generate, tmp
     loaded, canvas, info, queue, progress = annotate_tab.on_load(store, "ann")
     assert loaded.draft.sample_id == opened.draft.sample_id and "Sample **1 of 1**" in progress
 
+    # A click near any drawn point selects its pair, so move pair 1 (selected) to a spot clear of them all
+    assert loaded.draft.selected == 1
+    spot = free_target_point(loaded.layout, loaded.draft.visible())
     target = loaded.layout.panel("target")
-    moved, *_ = annotate_tab.on_click(loaded, annotate_tab.SELECT_MODE, *target.to_canvas((5.0, 5.0)))
-    assert moved.draft.counts()["moved"] == 1
+    moved, *_ = annotate_tab.on_click(loaded, annotate_tab.SELECT_MODE, *target.to_canvas(spot))
+    assert moved.draft.counts()["moved"] == 1 and moved.draft.selected == 1
+    assert moved.draft.pair(1).target_xy == pytest.approx(spot)  # > 2 hit radii from where it was
     assert annotate_tab.on_click(moved, annotate_tab.SELECT_MODE, 0, 0) == (gr.skip(),) * 3  # a gap: a warning only
     judged, *_ = annotate_tab._draft_action("judge_remaining", "correct")(moved, annotate_tab.SELECT_MODE)
     with pytest.raises(gr.Error, match="still need a verdict"):

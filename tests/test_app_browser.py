@@ -18,7 +18,7 @@ from mosaic import DEFAULT_MODEL_DIR
 from mosaic.loading import load_pipeline
 from studio.annotate import open_sample
 from studio.canvas import TARGET
-from studio_fixtures import ARTIFACTS, example_references, launched
+from studio_fixtures import ARTIFACTS, example_references, free_target_point, launched
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -90,8 +90,9 @@ def test_generate_inspect_annotate_in_chromium(tmp_path):
         expect(page.locator("#ann-info")).to_contain_text("Pair 1")
         sample_id = page.locator("#ann-info strong").first.inner_text()
         page.locator("#annotator textarea").fill("browser")
-        layout = open_sample(store_path, sample_id).layout
-        click_image_pixel(page, "#review-canvas", *layout.panel(TARGET).to_canvas((10.0, 12.0)))
+        opened = open_sample(store_path, sample_id)  # a click near a drawn point would select its pair
+        spot = free_target_point(opened.layout, opened.draft.visible())
+        click_image_pixel(page, "#review-canvas", *opened.layout.panel(TARGET).to_canvas(spot))
         expect(page.locator("#ann-info")).to_contain_text("1 moved")
         page.locator("#ann-all-correct").click()
         expect(page.locator("#ann-info")).to_contain_text("0 to judge")
@@ -106,4 +107,4 @@ def test_generate_inspect_annotate_in_chromium(tmp_path):
         sample = store.get_sample(sample_id)
     assert sample.status == SampleStatus.ACCEPTED
     moved = [p for p in sample.points if p.status == PointStatus.MOVED]
-    assert len(moved) == 1 and moved[0].target_xy == pytest.approx((10.0, 12.0), abs=1.5)
+    assert len(moved) == 1 and moved[0].target_xy == pytest.approx(spot, abs=1.5)

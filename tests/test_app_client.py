@@ -11,12 +11,15 @@ from annotator.store import ReviewStore
 from app import build_demo
 from mosaic import DEFAULT_MODEL_DIR
 from mosaic.loading import load_pipeline
-from studio.canvas import TARGET, review_layout
+from studio.annotate import open_sample
+from studio.canvas import TARGET
 from studio.metadata import read_settings
-from studio.store_files import open_image
-from studio_fixtures import FAST, box_file, example_references, launched, png_declaring
+from studio_fixtures import FAST, box_file, example_references, free_target_point, launched, png_declaring
 
 HEATMAP_BUDGET_S = 0.3  # issue 6: a click answers in ≤ 300 ms on the default model
+# gradio_client's HTTP calls otherwise wait httpx's default 5 s (its heartbeat 20 s): too short for a
+# generation with the default model on a busy 2-core machine. A hung server still fails, after this long.
+HTTP_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +28,10 @@ def served(tmp_path_factory):
     demo = build_demo(load_pipeline(DEFAULT_MODEL_DIR, device="cpu"), store=folder / "store.db", outputs_dir=folder / "out")
     with launched(demo) as url:
         yield url, folder / "store.db"
+
+
+def connect(url: str) -> Client:
+    return Client(url, verbose=False, httpx_kwargs={"timeout": HTTP_TIMEOUT_S})
 
 
 def generate(client, files, prompt="a blue person, a brown quadruped and a yellow bird on a plain background", **kw):
@@ -37,7 +44,7 @@ def generate(client, files, prompt="a blue person, a brown quadruped and a yello
 
 def test_generate_heatmap_annotate_accept(served):
     url, store_path = served
-    client = Client(url, verbose=False)
+    client = connect(url)
     gallery, downloads, seed, summary = generate(client, example_references(3))
     assert seed == 7 and len(gallery) == 1 and "3 reference(s)" in summary
     for served_png in (downloads[0], gallery[0]["image"]):  # what the download buttons serve
@@ -58,10 +65,11 @@ def test_generate_heatmap_annotate_accept(served):
         before = store.get_sample(sample_id)
     assert len(before.points) >= 3 and {p.source for p in before.points} == {"attention"}
 
-    # Pair 1 is selected on opening: click the target's top-left corner to move its target point.
-    target = open_image(store_path, before.target_path, "target")
-    layout = review_layout([(64, 64)] * 3, target.size)
-    x, y = layout.panel(TARGET).to_canvas((4.0, 4.0))
+    # Pair 1 is selected on opening: click the target clear of every drawn point (a click near
+    # one would select its pair) to move pair 1's target point there.
+    opened = open_sample(store_path, sample_id)
+    spot = free_target_point(opened.layout, opened.draft.visible())
+    x, y = opened.layout.panel(TARGET).to_canvas(spot)
     client.predict("Select / move", x, y, api_name="/annotate_click")
     client.predict("Select / move", api_name="/annotate_all_correct")
     client.predict("ann", "Select / move", api_name="/annotate_accepted")
@@ -71,13 +79,15 @@ def test_generate_heatmap_annotate_accept(served):
         report = client.predict(False, api_name="/annotate_report")
     assert after.status == SampleStatus.ACCEPTED and after.version == before.version + 1
     moved = [p for p in after.points if p.status == PointStatus.MOVED]
-    assert len(moved) == 1 and moved[0].target_xy == pytest.approx((4.0, 4.0), abs=1.0)
+    first = before.points[0]  # pair 1
+    assert len(moved) == 1 and (moved[0].ref_index, moved[0].point_index) == (first.ref_index, first.point_index)
+    assert moved[0].target_xy == pytest.approx(spot, abs=1.0)
     assert "overall" in report
 
 
 def test_bad_uploads_are_named_and_the_app_keeps_serving(served, tmp_path):
     url, store_path = served
-    client = Client(url, verbose=False)
+    client = connect(url)
     with ReviewStore(store_path) as store:
         stats = store.stats()
     text = tmp_path / "notes.png"

@@ -11,7 +11,7 @@ from mosaic.loading import load_pipeline
 from studio import inspector
 from studio.generation import Request, generate, record_blocks
 from studio.metadata import read_settings
-from studio.proposals import SOURCE, review_item
+from studio.proposals import SOURCE, foreground, review_item, subject_point
 from studio_fixtures import FAST, box_file, example_references
 
 
@@ -35,12 +35,17 @@ def generation(pipe, tmp_path_factory):
     return result
 
 
+def model_blocks(transformer) -> list[str]:
+    """Every attention block of the model in model order: the double blocks, then the single ones."""
+    return ([f"transformer_blocks.{i}" for i in range(len(transformer.transformer_blocks))]
+            + [f"single_transformer_blocks.{i}" for i in range(len(transformer.single_transformer_blocks))])
+
+
 def test_generation_keeps_images_references_maps_and_png_metadata(generation, pipe):
     assert len(generation.images) == 2 and generation.images[0].size == (64, 64)
     assert [r.size for r in generation.references] == [(64, 64)] * 3
     assert generation.categories == ["human", "animal", "object"]
-    assert generation.blocks == ["transformer_blocks.0", "transformer_blocks.1",
-                                 "single_transformer_blocks.0", "single_transformer_blocks.1"]
+    assert generation.blocks == model_blocks(pipe.transformer)  # all of them: 64² fits the budget
     settings = read_settings(generation.paths[1])
     assert (settings["prompt"], settings["seed"], settings["image"], settings["steps"]) == (
         "a blue person, a brown quadruped and a yellow bird", 5, 2, 2)
@@ -48,12 +53,19 @@ def test_generation_keeps_images_references_maps_and_png_metadata(generation, pi
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(height=72), "divisible by 16"), (dict(width=4096), "width=4096 is outside"), (dict(num_images=5), "images=5"),
+    (dict(width=4096), "width=4096 is outside"), (dict(num_images=5), "images=5"),
     (dict(seed=-1), "seed=-1"), (dict(steps=2, attention_first=3), "attention steps 3"),
 ])  # fmt: skip
-def test_bad_requests_are_named(pipe, changes, message):
+def test_bad_requests_are_named(pipe, changes, message, tmp_path):
     with pytest.raises(ValueError, match=message):
-        generate(pipe, request(**changes), [])
+        generate(pipe, request(**changes), [], outputs_dir=tmp_path)
+
+
+def test_a_side_not_in_whole_tokens_is_named(pipe, tmp_path):
+    token = pipe.pixels_per_token
+    odd = FAST["height"] + token // 2  # inside the app's limits, not whole tokens for this model
+    with pytest.raises(ValueError, match=f"height={odd} is not divisible by {token}"):
+        generate(pipe, request(height=odd), [], outputs_dir=tmp_path)
 
 
 def test_bad_references_are_named(pipe, tmp_path):
@@ -71,11 +83,13 @@ def test_bad_references_are_named(pipe, tmp_path):
 
 
 def test_record_blocks_fits_the_budget(pipe):
-    every = record_blocks(pipe.transformer, 1, 3, 16, 16)
-    assert len(every) == 4
-    two = record_blocks(pipe.transformer, 1, 3, 16, 16, budget=2 * 4 * 3 * 16 * 16)
+    images, refs, ref_tokens, target_tokens = 1, 3, 16, 16
+    per_block = 4 * images * refs * ref_tokens * target_tokens  # float32 maps of one block
+    every = record_blocks(pipe.transformer, images, refs, ref_tokens, target_tokens)
+    assert every == model_blocks(pipe.transformer) and len(every) > 2
+    two = record_blocks(pipe.transformer, images, refs, ref_tokens, target_tokens, budget=2 * per_block)
     assert two == [every[0], every[-1]]
-    assert record_blocks(pipe.transformer, 1, 3, 16, 16, budget=1) == [every[0]]
+    assert record_blocks(pipe.transformer, images, refs, ref_tokens, target_tokens, budget=1) == [every[0]]
 
 
 def test_heatmap_reads_the_recorded_row(generation):
@@ -87,8 +101,9 @@ def test_heatmap_reads_the_recorded_row(generation):
     assert f"attention {float(row.max()):.4f}" in caption
     with pytest.raises(ValueError, match="no generated image 3"):
         inspector.heatmap_view(generation, clicked, 3, 0, 1, "magma", 0.5)
-    with pytest.raises(ValueError, match="block 9 was not recorded"):
-        inspector.heatmap_view(generation, clicked, 1, 0, 9, "magma", 0.5)
+    beyond = len(generation.blocks)  # 0-based: one past the last recorded block
+    with pytest.raises(ValueError, match=f"block {beyond} was not recorded"):
+        inspector.heatmap_view(generation, clicked, 1, 0, beyond, "magma", 0.5)
     with pytest.raises(ValueError, match="outside reference 2"):
         inspector.clicked_reference_pixel(generation, 2, 64, 0)
 
@@ -117,6 +132,18 @@ def test_review_item_proposes_subject_points_disjoint_in_the_target(generation, 
     with ReviewStore(tmp_path / "store.db") as store:
         store.add_sample(sample)
         assert len(store.get_sample(sample.sample_id).points) == len(sample.points)
+
+
+def test_a_reference_point_is_the_token_subject_pixel_nearest_its_centre():
+    image = np.full((16, 16, 3), 255, np.uint8)  # 2×2 tokens of 8 px
+    image[0:8, 0:2] = image[4:8, 5:8] = 90  # token 0: two "legs", white at its centre (4, 4)
+    image[0:8, 8:16] = 90  # token 1: covered
+    image[13, 10] = 90  # token 3: one pixel; token 2: white
+    subject = foreground(Image.fromarray(image))
+    assert subject_point(0, (2, 2), subject) == (6.5, 5.5)  # an inner pixel, not the nearer outline at x=1
+    assert subject_point(1, (2, 2), subject) == (12.0, 4.0)  # the centre, on the subject
+    assert subject_point(2, (2, 2), subject) == (4.0, 12.0)  # no subject pixel: the centre
+    assert subject_point(3, (2, 2), subject) == (10.5, 13.5)
 
 
 def test_no_references_records_nothing(pipe, tmp_path):
