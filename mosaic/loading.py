@@ -37,16 +37,19 @@ def load_pipeline(
     device: str | None = None,
     dtype: str | None = None,
     cpu_offload: bool = False,
+    quantization_config=None,
 ):
     """model: a diffusers FLUX folder or hub id. lora: "auto" (see `default_lora`), None for
-    none, or a file / folder / hub id. dtype: float32 on CPU and bfloat16 on GPU by default."""
+    none, or a file / folder / hub id. dtype: float32 on CPU and bfloat16 on GPU by default.
+    quantization_config: a diffusers `PipelineQuantizationConfig`, or None."""
     from .pipeline import MosaicPipeline  # diffusers import only when a model is really loaded
 
     device = pick_device(device)
     dtype = dtype or ("float32" if device == "cpu" else "bfloat16")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    pipe = MosaicPipeline.from_pretrained(str(model), dtype=DTYPES[dtype])
+    quantized = {} if quantization_config is None else {"quantization_config": quantization_config}
+    pipe = MosaicPipeline.from_pretrained(str(model), dtype=DTYPES[dtype], **quantized)
     if lora == AUTO:
         lora, lora_weight_name = default_lora(model) or (None, None)
     if lora:
@@ -54,6 +57,6 @@ def load_pipeline(
     if cpu_offload:
         pipe.enable_model_cpu_offload(device=device)
     else:
-        pipe.to(device)
+        pipe.to(device)  # quantized layers are already on the GPU; the rest follows
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.util
 
 from mosaic import DEFAULT_MODEL_DIR
-from mosaic.loading import AUTO, DTYPES, default_lora, load_pipeline, pick_device
+from mosaic.loading import AUTO, DTYPES, load_pipeline, pick_device
 
 QUANTIZE_CHOICES = ("none", "8bit", "4bit")
 QUANTIZED_COMPONENTS = ["transformer", "text_encoder_2"]  # the two that hold 95% of the weights
@@ -51,24 +51,12 @@ def load_studio_pipeline(
     cpu_offload=False, quantize="none",
 ):  # fmt: skip
     """`load_pipeline` with the same arguments, plus `quantize` (see QUANTIZE_CHOICES)."""
-    if quantize == "none":
-        return load_pipeline(model, lora, lora_weight_name, device, dtype, cpu_offload)
-    from mosaic.pipeline import MosaicPipeline
-
-    device = pick_device(device)
-    dtype = dtype or "bfloat16"
-    if device == "cpu" or dtype not in DTYPES:
-        raise ValueError(f"--quantize {quantize} runs on a CUDA GPU with a float dtype, "
-                         f"got device={device!r}, dtype={dtype!r}")
-    config = quantization_config(quantize, dtype)
-    pipe = MosaicPipeline.from_pretrained(str(model), dtype=DTYPES[dtype], quantization_config=config)
-    if lora == AUTO:
-        lora, lora_weight_name = default_lora(model) or (None, None)
-    if lora:
-        pipe.load_mosaic_lora(lora, weight_name=lora_weight_name)
-    if cpu_offload:
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.to(device)  # bitsandbytes layers are already on the GPU; the rest follows
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    config = None
+    if quantize != "none":
+        device = pick_device(device)
+        dtype = dtype or "bfloat16"
+        if device == "cpu" or dtype not in DTYPES:
+            raise ValueError(f"--quantize {quantize} runs on a CUDA GPU with a float dtype, "
+                             f"got device={device!r}, dtype={dtype!r}")
+        config = quantization_config(quantize, dtype)
+    return load_pipeline(model, lora, lora_weight_name, device, dtype, cpu_offload, quantization_config=config)
