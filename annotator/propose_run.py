@@ -19,7 +19,6 @@ environment by default, as `accelerate launch` and torchrun set them).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -30,7 +29,7 @@ from PIL import Image
 
 from annotator.propose import ProposalConfig, ProposalRequest, Proposer
 from mosaic.images import flatten_alpha, load_image
-from mosaic.semalign import (MASK_THRESHOLD, PARTIAL_PREFIX, SAMPLE_JSON, load_sample,
+from mosaic.semalign import (MASK_THRESHOLD, PARTIAL_PREFIX, SAMPLE_JSON, check_manifest, load_sample,
                              save_sample)
 
 REQUEST_JSON = "request.json"
@@ -87,19 +86,6 @@ def read_request(folder: Path) -> ProposalRequest:
                          f"{error})") from error
 
 
-def check_manifest(out: Path, manifest: dict) -> None:
-    """Write the run's settings, or refuse to resume a folder made with other settings."""
-    path = out / MANIFEST
-    if path.exists():
-        existing = json.loads(path.read_text(encoding="utf-8"))
-        if existing != manifest:
-            raise ValueError(f"{path} records other settings {existing}; use a new --out folder")
-        return
-    tmp = path.with_name(f".{MANIFEST}.{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    os.replace(tmp, path)  # atomic: ranks starting together write identical content
-
-
 def _remove_own_partials(out: Path, names: list[str]) -> None:
     """Leftovers of this rank's interrupted writes (never another rank's work in progress)."""
     for name in names:
@@ -115,7 +101,7 @@ def run_proposals(data: Path, out: Path, proposer: Proposer, manifest: dict, ran
 
     mine = shard(input_dirs(data), rank, world_size)
     out.mkdir(parents=True, exist_ok=True)
-    check_manifest(out, manifest)
+    check_manifest(out / MANIFEST, manifest)
     _remove_own_partials(out, [folder.name for folder in mine])
     todo = [folder for folder in mine if not (out / folder.name / SAMPLE_JSON).is_file()]
     report(f"rank {rank}/{world_size}: {len(mine)} samples, {len(mine) - len(todo)} already "

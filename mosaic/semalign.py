@@ -432,6 +432,20 @@ def remove_partial_writes(root) -> int:
     return len(stale)
 
 
+def check_manifest(path, manifest: dict) -> None:
+    """Write a dataset folder's settings file, or refuse (ValueError) to resume into a folder
+    written with other settings. The write is atomic, so ranks starting together agree."""
+    path = Path(path)
+    if path.exists():
+        existing = json.loads(path.read_text(encoding="utf-8"))
+        if existing != manifest:
+            raise ValueError(f"{path} records other settings {existing}; use a new output folder")
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 class SemAlignDataset:
     """A folder of sample folders, read lazily; usable as a map-style torch Dataset."""
 

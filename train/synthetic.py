@@ -31,10 +31,8 @@ resumable and can be split across processes. CLI:
 from __future__ import annotations
 
 import argparse
-import json
 import functools
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -42,7 +40,7 @@ from typing import Iterator
 import numpy as np
 
 from mosaic.images import REFERENCE_FILL
-from mosaic.semalign import (DEFAULT_TOKEN_SIZE, MAX_REFERENCES, Reference, Sample, list_sample_dirs,
+from mosaic.semalign import (DEFAULT_TOKEN_SIZE, MAX_REFERENCES, Reference, Sample, check_manifest, list_sample_dirs,
                              remove_partial_writes, save_sample, token_grid)
 from train.shapes import Identity, identity_split, make_identity, shade
 
@@ -296,19 +294,6 @@ def generate_samples(num: int, seed: int, split: str = "train", config: WorldCon
     return (generate_sample(seed, index, split, config) for index in range(start, start + num))
 
 
-def _check_manifest(out: Path, manifest: dict) -> None:
-    """Refuse to resume into a folder made with other settings; write the manifest otherwise."""
-    path = out / MANIFEST
-    if path.exists():
-        existing = json.loads(path.read_text(encoding="utf-8"))
-        if existing != manifest:
-            raise SystemExit(f"{path} records other settings {existing}; use a new --out folder")
-        return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> None:
     from tqdm import tqdm
 
@@ -325,8 +310,11 @@ def main(argv: list[str] | None = None) -> None:
     config = WorldConfig(args.target_size, args.ref_size, args.min_subjects, args.max_subjects,
                          args.points_per_subject, args.identity_pool, args.token_size)
     args.out.mkdir(parents=True, exist_ok=True)
-    _check_manifest(args.out, {"generator_version": GENERATOR_VERSION, "seed": args.seed, "split": args.split,
-                               "config": asdict(config)})
+    try:
+        check_manifest(args.out / MANIFEST, {"generator_version": GENERATOR_VERSION, "seed": args.seed,
+                                             "split": args.split, "config": asdict(config)})
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     removed = remove_partial_writes(args.out)  # leftovers of an interrupted run
     done = {path.name for path in list_sample_dirs(args.out)}
     todo = [i for i in range(args.num) if sample_id(args.seed, args.split, i) not in done]
