@@ -1,7 +1,7 @@
 """PCK of the correspondence proposal on held-out synthetic pairs; writes docs/PROPOSAL_PCK.md.
 
     python benchmarks/proposal_pck.py                     # >= 200 pairs, the embedded model
-    python benchmarks/proposal_pck.py --model PATH --pairs 400 --out /tmp/pck.md
+    python benchmarks/proposal_pck.py --model PATH --pairs 400 --out pck.md
 
 Every row runs the proposal code path of `python -m annotator propose` (annotator.propose:
 ground-truth target masks, reference masks from the plain background, matching, intersection,
