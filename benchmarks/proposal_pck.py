@@ -150,8 +150,10 @@ def main(argv=None) -> None:
 def describe_model(model: str) -> str:
     """Name the DIFT model, and say so when it is the untrained tiny builder's output."""
     info = Path(model) / "mosaic_tiny.json"
-    untrained = info.is_file() and json.loads(info.read_text()).get("builder") == "mosaic.tiny"
-    return f"`{Path(model).name}`" + (" (random, untrained weights from mosaic.tiny)" if untrained else "")
+    builder = json.loads(info.read_text()).get("builder") if info.is_file() else None
+    notes = {"mosaic.tiny": " (random, untrained weights from mosaic.tiny)",
+             "train.build_default": " (trained on the synthetic world by train.build_default)"}
+    return f"`{Path(model).name}`" + notes.get(builder, "")
 
 
 def render(args, rows, tallies, samples, elapsed, absent, model, block, config) -> str:

@@ -13,13 +13,14 @@ restarts).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import time
 from pathlib import Path
 
 from mosaic import DEFAULT_MODEL_DIR
-from mosaic.tiny import TinyFluxConfig, build_tiny_pipeline, replace_dir
+from mosaic.tiny import BUILD_INFO, TinyFluxConfig, build_tiny_pipeline, replace_dir
 from train.config import load_config
 from train.trainer import train
 
@@ -67,7 +68,15 @@ def main(argv=None) -> None:
             timings_path.write_text(json.dumps(timings, indent=2))
         pretrained = run_dir / "pipeline"
     replace_dir_copy(pretrained, Path(args.out))
+    write_build_info(Path(args.out), args.seed, timings)
     print(f"default model written to {args.out}; wall minutes per stage: {timings}")
+
+
+def write_build_info(out: Path, seed: int, timings: dict) -> None:
+    """Provenance beside model_index.json: trained weights, not the random init's."""
+    info = {"builder": "train.build_default", "seed": seed, "architecture": dataclasses.asdict(DEFAULT_ARCHITECTURE),
+            "wall_minutes": timings, "stages": list(STAGES)}
+    (out / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
 def replace_dir_copy(source: Path, destination: Path) -> None:
