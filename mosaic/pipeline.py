@@ -6,6 +6,7 @@ loads FLUX.1-dev (+ the authors' LoRA) and the project's embedded tiny default.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -166,10 +167,8 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 timestep = (t.expand(batch) / 1000).to(latents.dtype)
-                if recorder is not None and recorder.wants(i):
-                    with recorder.attached():
-                        flow = self._denoise(latents, prompt_embeds, pooled, text_ids, image_ids, timestep, guidance, refs, ref_ids)
-                else:
+                recording = recorder.attached() if recorder is not None and recorder.wants(i) else nullcontext()
+                with recording:  # only the conditional pass is recorded
                     flow = self._denoise(latents, prompt_embeds, pooled, text_ids, image_ids, timestep, guidance, refs, ref_ids)
                 if do_cfg:
                     uncond = self._denoise(latents, neg_embeds, neg_pooled, neg_text_ids, image_ids, timestep, guidance, refs, ref_ids)

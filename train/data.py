@@ -78,6 +78,19 @@ def collate(samples: list[Sample], captions: list[str], points: int, token_size:
     return Batch(target, captions, references, *correspondence_indices(samples, points, token_size, rng))
 
 
+def generate_exact(seed: int, index: int, split: str, world: WorldConfig, count: int | None) -> Sample:
+    """Scene `index` of the world, with exactly `count` subjects (None: any number).
+
+    The world drops a subject it cannot place visibly, so its subject count is a maximum; a
+    scene that comes out short is replaced by one from a disjoint index range.
+    """
+    for attempt in range(_SCENE_TRIES):
+        sample = generate_sample(seed, index + attempt * _RETRY_STRIDE, split, world)
+        if count is None or len(sample.references) == count:
+            return sample
+    raise RuntimeError(f"the synthetic world could not place {count} subjects in {_SCENE_TRIES} scenes")
+
+
 class BatchSource:
     """Deterministic batches for one stage. `with_references` is False for the base/VAE stages."""
 
@@ -103,13 +116,7 @@ class BatchSource:
             target_size=self.config.target_size, ref_size=self.config.ref_size, token_size=self.token_size,
             min_subjects=count or self.config.min_subjects, max_subjects=count or self.config.max_subjects,
         )  # fmt: skip
-        # The world drops a subject it cannot place visibly, so K is a maximum there; a batch
-        # needs exactly K, so such a scene is replaced by one from a disjoint index range.
-        for attempt in range(_SCENE_TRIES):
-            sample = generate_sample(self.config.seed, index + attempt * _RETRY_STRIDE, "train", world)
-            if count is None or len(sample.references) == count:
-                return sample
-        raise RuntimeError(f"the synthetic world could not place {count} subjects in {_SCENE_TRIES} scenes")
+        return generate_exact(self.config.seed, index, "train", world, count)
 
 
 class FolderSamples:

@@ -21,10 +21,11 @@ from PIL import Image  # noqa: E402
 
 from mosaic.loading import load_pipeline  # noqa: E402
 from train.config import load_config  # noqa: E402
-from train.data import collate  # noqa: E402
+from mosaic.semalign import MAX_REFERENCES  # noqa: E402
+from train.data import collate, generate_exact  # noqa: E402
 from train.metrics import attention_pck  # noqa: E402
 from train.stages import LoraStage  # noqa: E402
-from train.synthetic import WorldConfig, generate_sample  # noqa: E402
+from train.synthetic import WorldConfig  # noqa: E402
 
 EVAL_SEED = 1234  # held-out scenes come from a world seed the training never used
 PCK_TIMESTEPS = (0.3, 0.5, 0.7)  # probe rows are averaged over these noise levels' PCKs
@@ -33,13 +34,9 @@ GRID_COUNTS = (1, 2, 3, 4, 6)
 
 
 def heldout_sample(index: int, num_refs: int | None, target_size: int, ref_size: int, token_size: int):
-    lo, hi = (num_refs, num_refs) if num_refs else (1, 6)
+    lo, hi = (num_refs, num_refs) if num_refs else (1, MAX_REFERENCES)
     world = WorldConfig(target_size=target_size, ref_size=ref_size, token_size=token_size, min_subjects=lo, max_subjects=hi)
-    for attempt in range(20):  # the world may drop a subject it cannot place; K must be exact
-        sample = generate_sample(EVAL_SEED, index + attempt * 100_000, "heldout", world)
-        if num_refs is None or len(sample.references) == num_refs:
-            return sample
-    raise RuntimeError(f"no held-out scene with {num_refs} subjects")
+    return generate_exact(EVAL_SEED, index, "heldout", world, num_refs)
 
 
 def plot_curves(runs: Path, out: Path) -> None:
