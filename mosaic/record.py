@@ -8,7 +8,7 @@ of steps. `AttentionRecord` turns it into per-reference maps and pixel-space hea
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import torch
@@ -29,6 +29,8 @@ class AttentionRecord:
     target_grid: tuple[int, int]
     steps: tuple[int, int]
     pixels_per_token: int
+    # the latest block selection's average, so repeated clicks cost an index, not an average
+    _cached: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def blocks(self) -> list[str]:
@@ -36,11 +38,14 @@ class AttentionRecord:
 
     def maps(self, blocks: Sequence[str] | None = None) -> torch.Tensor:
         """(num_images, K, N_ref, N_tgt) averaged over `blocks` (default: all recorded)."""
-        names = self.blocks if blocks is None else list(blocks)
-        unknown = [name for name in names if name not in self.per_block]
-        if unknown or not names:
-            raise ValueError(f"blocks {unknown or names} were not recorded; recorded: {self.blocks}")
-        return torch.stack([self.per_block[name] for name in names]).mean(dim=0)
+        names = tuple(self.blocks if blocks is None else blocks)
+        if names not in self._cached:
+            unknown = [name for name in names if name not in self.per_block]
+            if unknown or not names:
+                raise ValueError(f"blocks {unknown or list(names)} were not recorded; recorded: {self.blocks}")
+            self._cached.clear()
+            self._cached[names] = torch.stack([self.per_block[name] for name in names]).mean(dim=0)
+        return self._cached[names]
 
     def reference_token(self, x: float, y: float) -> int:
         """Token index (row-major) of reference pixel (x, y)."""

@@ -68,7 +68,7 @@ def heatmap_view(generation: Generation, clicked: Clicked | None, image_number, 
     reference, x, y = clicked
     record, image = generation.record, image_index(generation, image_number)
     token = record.reference_token(x, y)
-    row = generation.maps(first, last)[image, reference, token].reshape(record.target_grid)  # (rows, cols)
+    row = record.heatmap(reference, x, y, image, generation.block_range(first, last))  # (rows, cols)
     picture, argmax = heatmap_overlay(generation.images[image], row.numpy(), cmap, float(opacity))
     rows, cols = record.target_grid
     caption = (f"Reference {reference + 1}, pixel ({x:.0f}, {y:.0f}) = token {token} of its {record.reference_grid[0]}×"
@@ -80,7 +80,7 @@ def heatmap_view(generation: Generation, clicked: Clicked | None, image_number, 
 def overview_view(generation: Generation, image_number, first, last, opacity):
     """(picture, caption): each reference's mean attention in its own colour on one image."""
     image = image_index(generation, image_number)
-    maps = generation.maps(first, last)[image].mean(dim=1).reshape(-1, *generation.record.target_grid)  # (K, rows, cols)
+    maps = generation.record.overview(image, generation.block_range(first, last))  # (K, rows, cols)
     labels = [f"{k + 1}: {name}" for k, name in enumerate(generation.settings.get("references", []))]
     picture = overview_overlay(generation.images[image], maps.numpy(), float(opacity), labels or None)
     if len(maps) < 2:

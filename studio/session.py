@@ -7,7 +7,7 @@ click by indexing stored maps, never by generating again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -23,7 +23,6 @@ class Generation:
     categories: list[str]  # one tag per reference (the review store's strata)
     record: AttentionRecord | None  # None without references
     paths: list[str]  # the PNG files, with metadata
-    _maps: dict = field(default_factory=dict, repr=False)  # (first, last) → averaged maps
 
     @property
     def blocks(self) -> list[str]:
@@ -41,13 +40,9 @@ class Generation:
         return self.blocks[first : last + 1]
 
     def maps(self, first: int, last: int) -> torch.Tensor:
-        """(num_images, K, N_ref, N_tgt) averaged over blocks first..last; the latest range
-        is cached, so clicks after a block change cost one average, then an index."""
-        names = tuple(self.block_range(first, last))
-        if names not in self._maps:
-            self._maps.clear()
-            self._maps[names] = self.record.maps(names)
-        return self._maps[names]
+        """(num_images, K, N_ref, N_tgt) averaged over blocks first..last (the record caches
+        the latest range, so clicks after a block change cost one average, then an index)."""
+        return self.record.maps(self.block_range(first, last))
 
 
 def _index(value, what: str) -> int:
