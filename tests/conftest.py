@@ -1,6 +1,7 @@
 """Shared tiny models for the tests: FLUX architecture, random weights, CPU, seconds."""
 
 import os
+import sqlite3
 
 import pytest
 import torch
@@ -29,6 +30,12 @@ def add_random_lora(transformer, seed: int = 1, rank: int = 4, adapter_name: str
         for name, param in transformer.named_parameters():
             if "lora_" in name:
                 param.copy_(0.2 * torch.randn(param.shape, generator=generator))
+
+
+def store_dump(path) -> list[str]:
+    """Every row of every table of a SQLite store, schema included: equal dumps, unchanged store."""
+    with sqlite3.connect(path) as conn:
+        return list(conn.iterdump())
 
 
 @pytest.fixture

@@ -1,10 +1,11 @@
 """Data commands of the annotator: propose (resumable, sharded), import, export round trip."""
 import json
 import shutil
-import sqlite3
 
 import numpy as np
 import pytest
+
+from conftest import store_dump as dump
 from PIL import Image
 
 from annotator.cli import main
@@ -15,11 +16,6 @@ from mosaic.semalign import load_sample, token_grid
 from train import synthetic
 
 T = 16
-
-
-def dump(path):
-    with sqlite3.connect(path) as conn:
-        return list(conn.iterdump())
 
 
 @pytest.fixture

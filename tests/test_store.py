@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import store_dump as dump
+
 from annotator.store import (PointEdit, PointRecord, PointStatus, ReferenceRecord, ReviewStore,
                              SampleRecord, SampleStatus, VersionConflict)
 from annotator.store_schema import MIGRATIONS
@@ -33,12 +35,6 @@ def make_sample(sample_id="s0", categories=("chair", "person"), points_per_ref=3
 def all_verdicts(sample, verdict="correct"):
     return {(p.ref_index, p.point_index): verdict
             for p in sample.points if p.status != PointStatus.DELETED}
-
-
-def dump(path):
-    """Every row of every table, schema included: equal dumps mean an unchanged store."""
-    with sqlite3.connect(path) as conn:
-        return list(conn.iterdump())
 
 
 @pytest.fixture
