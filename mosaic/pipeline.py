@@ -27,6 +27,13 @@ OFFICIAL_REFERENCE_SIZE = 512  # references are preprocessed to this size for th
 FLUX_MAX_SEQUENCE_LENGTH = 512  # the longest T5 prompt FLUX accepts
 
 
+def default_settings(pipe) -> dict:
+    """Usual generation settings: FLUX.1-dev's (guidance-distilled) or the small default's."""
+    if pipe.transformer.config.guidance_embeds:
+        return {"side": 512, "steps": 28, "guidance": 3.5}
+    return {"side": 256, "steps": 20, "guidance": 3.5}
+
+
 @dataclass
 class MosaicPipelineOutput(BaseOutput):
     images: Any

@@ -6,6 +6,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from mosaic.pipeline import default_settings
+
 from .background import backend_name
 from .examples import load_examples
 from .generation import MAX_IMAGES, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE, Request, generate, random_seed
@@ -13,13 +15,6 @@ from .references import preview
 from .space import on_gpu
 
 GENERATIONS_AT_ONCE = 1  # one pipeline: its scheduler and attention processors hold per-call state
-
-
-def model_defaults(pipe) -> dict:
-    """Starting values: FLUX.1-dev's (guidance-distilled) usual settings, or the small default's."""
-    if pipe.transformer.config.guidance_embeds:
-        return {"side": 512, "steps": 28, "guidance": 3.5}
-    return {"side": 256, "steps": 20, "guidance": 3.5}
 
 
 def on_preview(files, remove_bg):
@@ -55,7 +50,7 @@ def make_generate_handler(pipe, outputs_dir, model_info):
 
 def build(pipe) -> SimpleNamespace:
     """Lay the tab out (inside a `gr.Tab`); `wire` attaches the events."""
-    d = model_defaults(pipe)
+    d = default_settings(pipe)
     step = pipe.pixels_per_token
     bg = backend_name()
     ui = SimpleNamespace()

@@ -3,13 +3,14 @@
 import os
 import sqlite3
 
-import pytest
-import torch
-from diffusers import FluxTransformer2DModel
-
-from mosaic.lora import reference_lora_config
-
+# Before any Hugging Face import: huggingface_hub reads this once, when it is first imported.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a model hub
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from diffusers import FluxTransformer2DModel  # noqa: E402
+
+from mosaic.lora import reference_lora_config  # noqa: E402
 
 TINY_TRANSFORMER = dict(
     patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,

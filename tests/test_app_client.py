@@ -1,8 +1,6 @@
 """The launched app driven through its API with gradio_client: generate with three references,
 ask for a heatmap, send to Annotate, move a point and accept → the review store changed."""
 
-import time
-
 import pytest
 from gradio_client import Client, handle_file
 
@@ -16,7 +14,6 @@ from studio.canvas import TARGET
 from studio.metadata import read_settings
 from studio_fixtures import FAST, box_file, example_references, free_target_point, launched, png_declaring
 
-HEATMAP_BUDGET_S = 0.3  # issue 6: a click answers in ≤ 300 ms on the default model
 # gradio_client's HTTP calls otherwise wait httpx's default 5 s (its heartbeat 20 s): too short for a
 # generation with the default model on a busy 2-core machine. A hung server still fails, after this long.
 HTTP_TIMEOUT_S = 300
@@ -50,14 +47,10 @@ def test_generate_heatmap_annotate_accept(served):
     for served_png in (downloads[0], gallery[0]["image"]):  # what the download buttons serve
         assert read_settings(served_png)["seed"] == 7
 
-    client.predict(2, 30, 40, 1, 0, 3, "inferno", 0.6, api_name="/heatmap")  # warm-up
-    times = []
-    for x in (10, 30, 50):  # the median of three clicks, round trip through the queue
-        started = time.perf_counter()
-        strip, heatmap, caption = client.predict(2, x, 40, 1, 0, 3, "viridis", 0.5, api_name="/heatmap")
-        times.append(time.perf_counter() - started)
+    # Click latency (target 300 ms) is measured by benchmarks/heatmap_latency.py, not here:
+    # a timed assertion fails on a busy machine without any change in the code.
+    strip, heatmap, caption = client.predict(2, 50, 40, 1, 0, 3, "viridis", 0.5, api_name="/heatmap")
     assert heatmap and "Reference 2, pixel (50, 40)" in caption
-    assert sorted(times)[1] < HEATMAP_BUDGET_S, times
 
     canvas, info, queue, progress = client.predict(1, 0, 3, 4, "ann", api_name="/send_to_annotate")
     sample_id = info.split("**")[1]

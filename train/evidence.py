@@ -21,22 +21,9 @@ from PIL import Image  # noqa: E402
 
 from mosaic.loading import load_pipeline  # noqa: E402
 from train.config import load_config  # noqa: E402
-from mosaic.semalign import MAX_REFERENCES  # noqa: E402
-from train.data import collate, generate_exact  # noqa: E402
-from train.metrics import attention_pck  # noqa: E402
-from train.stages import LoraStage  # noqa: E402
-from train.synthetic import WorldConfig  # noqa: E402
+from train.evaluate import EVAL_SEED, heldout_sample, probe_hits  # noqa: E402
 
-EVAL_SEED = 1234  # held-out scenes come from a world seed the training never used
-PCK_TIMESTEPS = (0.3, 0.5, 0.7)  # probe rows are averaged over these noise levels' PCKs
-PCK_POINTS = 32  # points per reference per sample
 GRID_COUNTS = (1, 2, 3, 4, 6)
-
-
-def heldout_sample(index: int, num_refs: int | None, target_size: int, ref_size: int, token_size: int):
-    lo, hi = (num_refs, num_refs) if num_refs else (1, MAX_REFERENCES)
-    world = WorldConfig(target_size=target_size, ref_size=ref_size, token_size=token_size, min_subjects=lo, max_subjects=hi)
-    return generate_exact(EVAL_SEED, index, "heldout", world, num_refs)
 
 
 def plot_curves(runs: Path, out: Path) -> None:
@@ -65,27 +52,16 @@ def plot_curves(runs: Path, out: Path) -> None:
 @torch.no_grad()
 def pck(pipe, config, num_samples: int) -> dict:
     """Attention PCK@1 token of the probe on held-out samples, with the LoRA on and off."""
-    token = pipe.pixels_per_token
-    stage = LoraStage(config)
-    module = pipe.transformer
     rng = np.random.default_rng(EVAL_SEED)
-    samples = [heldout_sample(i, None, config.data.target_size, config.data.ref_size, token) for i in range(num_samples)]
-    grid_w = config.data.target_size // token
+    samples = [heldout_sample(i, None, config.data.target_size, config.data.ref_size, pipe.pixels_per_token) for i in range(num_samples)]
+    seeds = [rng.integers(2**32) for _ in samples]  # the same points for both rows
     result = {}
     for name, lora_on in (("trained LoRA", True), ("zero LoRA (base)", False)):
         pipe.enable_lora() if lora_on else pipe.disable_lora()
-        hits, total = 0.0, 0
-        for sample in samples:
-            batch = collate([sample], [sample.caption], PCK_POINTS, token, np.random.default_rng(rng.integers(2**32)))
-            for t in PCK_TIMESTEPS:
-                f = stage.flow_inputs(pipe, batch, torch.Generator().manual_seed(int(t * 1000)), t=t)
-                _, attention = stage.predict(pipe, module, batch, f, probe=True)
-                n = int(batch.valid.sum())
-                hits += attention_pck(attention, batch.tgt_index, grid_w, 1, batch.valid).item() * n
-                total += n
-        result[name] = hits / total
+        counts = [probe_hits(pipe, sample, np.random.default_rng(seed)) for sample, seed in zip(samples, seeds)]
+        result[name] = sum(h for h, _ in counts) / sum(n for _, n in counts)
     pipe.enable_lora()
-    result["points"] = total
+    result["points"] = sum(n for _, n in counts)
     result["samples"] = num_samples
     return result
 

@@ -1,0 +1,70 @@
+"""Click-to-heatmap latency of the Attention tab, through the served app's API (gradio_client):
+
+    python benchmarks/heatmap_latency.py            # embedded default, 3 references, 15 clicks
+
+The app is launched on 127.0.0.1 with the given pipeline; one generation records attention,
+then each click asks /heatmap for a reference point, round trip through Gradio's queue. Prints
+the median and 90th percentile over the clicks (the first click, a warm-up, is excluded). The
+target of the Attention tab is 300 ms on the embedded default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gradio_client import Client, handle_file  # noqa: E402
+
+from app import build_demo  # noqa: E402
+from mosaic import DEFAULT_MODEL_DIR  # noqa: E402
+from mosaic.loading import load_pipeline  # noqa: E402
+from studio.examples import load_examples  # noqa: E402
+
+PROMPT = "a blue person, a brown quadruped and a yellow bird on a plain background"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
+    parser.add_argument("--clicks", type=int, default=15)
+    parser.add_argument("--side", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=8)
+    args = parser.parse_args()
+
+    references = max(load_examples(), key=lambda e: len(e.references)).references[:3]
+    with tempfile.TemporaryDirectory() as folder:
+        demo = build_demo(load_pipeline(args.model, device="cpu"), store=Path(folder) / "store.db", outputs_dir=Path(folder) / "out")
+        port = free_port()
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+        try:
+            client = Client(f"http://127.0.0.1:{port}/", verbose=False, httpx_kwargs={"timeout": 600})
+            client.predict([handle_file(f) for f in references], PROMPT, "", args.side, args.side, args.steps, 3.5,
+                           7, False, 1, False, 1, 100, api_name="/generate")  # fmt: skip
+            times = []
+            for i in range(args.clicks + 1):
+                started = time.perf_counter()
+                client.predict(2, 5 + (7 * i) % 50, 40, 1, 0, args.steps, "viridis", 0.5, api_name="/heatmap")
+                times.append(time.perf_counter() - started)
+        finally:
+            demo.close()
+    clicks = sorted(times[1:])
+    p90 = clicks[min(len(clicks) - 1, int(0.9 * len(clicks)))]
+    print(f"click → heatmap over {len(clicks)} clicks: median {statistics.median(clicks) * 1000:.0f} ms, "
+          f"90th percentile {p90 * 1000:.0f} ms (target 300 ms)")
+
+
+if __name__ == "__main__":
+    main()

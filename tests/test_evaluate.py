@@ -1,0 +1,98 @@
+"""The evaluate command end to end on the embedded default (4 held-out cases), its resume, the
+oracle, and a published case list scored with tiny random CLIP/DINO models."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from train import evaluate as ev
+from train.eval_report import summarise
+
+QUICK = ["--cases", "4", "--steps", "2", "--seeds", "2", "--diversity-every", "2", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    ev.main(["--out", str(out), *QUICK])
+    return out
+
+
+def test_evaluate_runs_end_to_end_on_the_default_model(default_run):
+    out = default_run
+    for name in ("evaluation.json", "evaluation.md", "metrics_vs_subjects.png", "records.jsonl", "settings.json"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "evaluation.json").read_text())
+    records = report["records"]
+    assert [r["subjects"] for r in records] == [1, 2, 3, 4]  # case i has 1 + i mod 6 subjects
+    for r in records:
+        assert Image.open(out / r["image"]).size == (128, 128)
+        assert len(r["per_subject"]) == r["subjects"]
+        assert 0.0 <= r["pck"] <= 1.0 and -1.0 <= r["fidelity"] <= 1.0
+        assert r["presence"] + r["missing"] + r["duplicated"] == pytest.approx(1.0)
+    # Diversity on every 2nd case only, from 2 seeds: distinct generations are a positive distance.
+    assert [r["diversity"] is not None for r in records] == [True, False, True, False]
+    assert all(r["diversity"] > 0 for r in records if r["diversity"] is not None)
+    assert report["summary"] == json.loads(json.dumps(summarise(records)))
+    assert "identity fidelity" in (out / "evaluation.md").read_text()
+
+
+def test_a_finished_evaluation_resumes_without_generating(default_run, monkeypatch):
+    before = (default_run / "records.jsonl").read_text()
+    monkeypatch.setattr(ev, "generate", lambda *a, **k: pytest.fail("resume regenerated a finished case"))
+    ev.main(["--out", str(default_run), *QUICK])
+    assert (default_run / "records.jsonl").read_text() == before
+    with pytest.raises(ValueError, match="other settings.*steps"):
+        ev.main(["--out", str(default_run), *QUICK[:2], "--steps", "3", *QUICK[4:]])
+
+
+def test_a_stopped_evaluation_continues_after_the_last_whole_record(default_run, tmp_path, monkeypatch):
+    lines = (default_run / "records.jsonl").read_text().splitlines()
+    out = tmp_path / "stopped"
+    out.mkdir()
+    (out / "settings.json").write_text((default_run / "settings.json").read_text())
+    (out / "records.jsonl").write_text(lines[0] + "\n" + lines[1][:40])  # case 1 cut mid-write
+    (out / "images").mkdir()
+    Image.open(default_run / "images" / "0000.png").save(out / "images" / "0000.png")
+    calls = []
+    real = ev.generate
+    monkeypatch.setattr(ev, "generate", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
+    ev.main(["--out", str(out), *QUICK])
+    assert len((out / "records.jsonl").read_text().splitlines()) == 4
+    assert calls[0] == 1000  # the cut case 1 ran again, case 0 did not
+
+
+def test_oracle_scores_the_true_targets_above_chance(tmp_path):
+    ev.main(["--out", str(tmp_path), "--oracle", "--cases", "6", "--threads", "1"])
+    records = json.loads((tmp_path / "evaluation.json").read_text())["records"]
+    assert all(r.get("pck") is None and r["diversity"] is None for r in records)
+    assert np.mean([r["fidelity_gain"] for r in records]) > 0.05
+    assert np.mean([r["presence"] for r in records]) > 0.5
+
+
+def test_published_case_list_gets_clip_and_dino_scores(tmp_path):
+    from mosaic.loading import load_pipeline
+    from train.published_metrics import PublishedScorer
+    from train.tiny_scorer_models import save_tiny_scorer_models
+
+    for name, colour in (("dog", (150, 90, 40)), ("cup", (30, 90, 200))):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (48, 48), colour).save(tmp_path / name / "00.png")
+    cases = [{"prompt": "a dog", "image_paths": ["dog/00.png"]},
+             {"prompt": "a dog and a cup", "image_paths": ["dog/00.png", "cup/00.png"]}]  # fmt: skip
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    clip, dino = save_tiny_scorer_models(tmp_path / "scorers")
+    pipe = load_pipeline(device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    settings = ev.Settings(benchmark=f"uno:{tmp_path / 'cases.json'}", cases=0, side=64, steps=2, diversity_every=0)
+    summary = ev.evaluate(pipe, settings, tmp_path / "out", scorer=PublishedScorer(clip, dino), name="tiny")
+    assert set(summary["by_subjects"]) == {1, 2}
+    assert {"clip_i", "clip_t", "dino"} <= set(summary["overall"])
+    records = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
+    assert all(-1 <= r[m] <= 1 for r in records for m in ("clip_i", "clip_t", "dino"))
+    with pytest.raises(ValueError, match="PublishedScorer"):
+        ev.evaluate(pipe, settings, tmp_path / "out2")
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        ev.load_cases("imagenet:x", 0, 64, 8, None)
