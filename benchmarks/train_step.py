@@ -10,6 +10,9 @@ K references, P points per reference. Variants, each in its own process so peak 
              picks the sampled rows, as the authors' code does
 
 Run: python benchmarks/train_step.py            (prints a markdown table; ~3–5 min on 2 cores)
+     python benchmarks/train_step.py --preset flux-dev --device cuda --dtype bfloat16 --rounds 1
+         FLUX.1-dev's shape (19 + 38 blocks, hidden 3072, 512 text tokens); memory is the CUDA
+         allocator's peak instead of the process's RSS
 """
 
 from __future__ import annotations
@@ -49,15 +52,26 @@ class FullMapProbe(AttentionProbe):
         self.count += 1
 
 
+# FLUX.1-dev's transformer shape; the CPU default is the small one given by the flags.
+FLUX_DEV = dict(double=19, single=38, heads=24, head_dim=128, text=512, text_dim=4096, pooled_dim=768)
+
+
 def build(args):
     torch.manual_seed(0)
-    model = FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=args.double, num_single_layers=args.single,
-        attention_head_dim=args.head_dim, num_attention_heads=args.heads, joint_attention_dim=64,
-        pooled_projection_dim=32, axes_dims_rope=(args.head_dim // 4, 3 * args.head_dim // 8, 3 * args.head_dim // 8),
-    )  # fmt: skip
-    model.requires_grad_(False)
-    model.add_adapter(reference_lora_config(rank=16))
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(args.torch_dtype)  # built in place: no fp32 copy of a 12B model first
+    with torch.device(args.device):
+        model = FluxTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=args.double, num_single_layers=args.single,
+            attention_head_dim=args.head_dim, num_attention_heads=args.heads, joint_attention_dim=args.text_dim,
+            pooled_projection_dim=args.pooled_dim, axes_dims_rope=(args.head_dim // 4, 3 * args.head_dim // 8, 3 * args.head_dim // 8),
+        )  # fmt: skip
+        model.requires_grad_(False)
+        model.add_adapter(reference_lora_config(rank=16))
+    torch.set_default_dtype(default_dtype)
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            param.data = param.data.float()  # trainable LoRA weights in fp32, as mixed-precision training keeps them
     return model
 
 
@@ -70,15 +84,16 @@ def batch(args, model):
     t = torch.rand(1, generator=g)
     tokens_per_ref = torch.stack([torch.randperm(n, generator=g)[: args.points] for _ in range(k)])  # (K, P)
     rows = (tokens_per_ref + torch.arange(k)[:, None] * n).reshape(1, -1)  # (1, K·P) into the concat refs
-    return dict(
+    data = dict(
         x0=x0, noise=noise, t=t,
-        text=torch.randn(1, args.text, 64, generator=g), pooled=torch.randn(1, 32, generator=g),
+        text=torch.randn(1, args.text, args.text_dim, generator=g), pooled=torch.randn(1, args.pooled_dim, generator=g),
         refs=torch.randn(1, k, n, 64, generator=g),
         img_ids=grid_position_ids(side, side), txt_ids=torch.zeros(args.text, 3),
         ref_ids=reference_position_ids(k, side, side),
         rows=rows, tgt_index=torch.randint(0, n, (1, k * args.points), generator=g),
         ref_index=torch.arange(k).repeat_interleave(args.points)[None],
     )  # fmt: skip
+    return {key: v.to(args.device, args.torch_dtype) if v.is_floating_point() else v.to(args.device) for key, v in data.items()}
 
 
 def step(model, b, variant, optimizer):
@@ -104,18 +119,29 @@ def step(model, b, variant, optimizer):
 
 def run_variant(args) -> dict:
     torch.set_num_threads(args.threads)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        # cuDNN's attention backward fails on these shapes with torch 2.11 / CUDA 13 on an H200
+        # ("mha_graph.execute ... is_good()"); flash and memory-efficient SDPA are unaffected.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     model = build(args)
     b = batch(args, model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    step(model, b, args.variant, optimizer)  # warm-up: allocator, optimizer state
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        step(model, b, args.variant, optimizer)
-        times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"variant": args.variant, "step_s": statistics.median(times), "peak_rss_mb": peak / 1024, "warm_rss_mb": rss_before / 1024}
+    with torch.autocast(args.device.split(":")[0], dtype=args.torch_dtype, enabled=cuda):
+        step(model, b, args.variant, optimizer)  # warm-up: allocator, optimizer state
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            step(model, b, args.variant, optimizer)
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"variant": args.variant, "step_s": statistics.median(times), "peak_rss_mb": peak, "warm_rss_mb": rss_before / 1024}
 
 
 def main():
@@ -131,28 +157,46 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2, help="each variant runs this many times, interleaved")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--text-dim", type=int, default=64)
+    parser.add_argument("--pooled-dim", type=int, default=32)
+    parser.add_argument("--preset", choices=("cpu", "flux-dev"), default="cpu", help="flux-dev: FLUX.1-dev's shape")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--variant", choices=VARIANTS, help="internal: run one variant and print JSON")
     args = parser.parse_args()
+    if args.preset == "flux-dev":
+        for key, value in FLUX_DEV.items():
+            setattr(args, key, value)
+    args.torch_dtype = getattr(torch, args.dtype)
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
 
     passthrough = [a for a in sys.argv[1:]]
     results = {v: [] for v in VARIANTS}
+    failed = {}
     for _ in range(args.rounds):
         for variant in VARIANTS:
-            out = subprocess.run([sys.executable, __file__, *passthrough, "--variant", variant], capture_output=True, text=True, check=True)
+            out = subprocess.run([sys.executable, __file__, *passthrough, "--variant", variant], capture_output=True, text=True)
+            if out.returncode != 0:  # e.g. out of GPU memory: reported in the table, the others still run
+                failed[variant] = (out.stderr.strip().splitlines() or ["no output"])[-1][:120]
+                continue
             results[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    best = {v: min(runs, key=lambda r: r["step_s"]) for v, runs in results.items()}
-    peak = {v: min(r["peak_rss_mb"] for r in runs) for v, runs in results.items()}
+    best = {v: min(runs, key=lambda r: r["step_s"]) for v, runs in results.items() if runs}
+    peak = {v: min(r["peak_rss_mb"] for r in runs) for v, runs in results.items() if runs}
     base = best["off"]
     n = args.grid**2
     print(f"\nTraining step, K={args.refs}, P={args.points}/ref, {n} target + {args.refs}×{n} reference tokens, "
-          f"{args.double}+{args.single} blocks, {args.heads} heads × {args.head_dim}, {args.threads} threads "
+          f"{args.double}+{args.single} blocks, {args.heads} heads × {args.head_dim}, {args.text} text tokens, "
+          f"{args.dtype} on {torch.cuda.get_device_name() if args.device.startswith('cuda') else f'CPU, {args.threads} threads'} "
           f"(best of {args.rounds}×{args.steps} steps)\n")  # fmt: skip
-    print("| variant | s/step | time vs off | peak RSS MB | memory vs off |")
+    memory = "peak CUDA MB" if args.device.startswith("cuda") else "peak RSS MB"
+    print(f"| variant | s/step | time vs off | {memory} | memory vs off |")
     print("|---|---|---|---|---|")
     for v in VARIANTS:
+        if v not in best:
+            print(f"| {v} | failed: {failed.get(v, '?')} | | | |")
+            continue
         print(f"| {v} | {best[v]['step_s']:.3f} | {best[v]['step_s'] / base['step_s']:.3f} | {peak[v]:.0f} | {peak[v] / peak['off']:.3f} |")
 
 

@@ -4,7 +4,8 @@
                                          differences against "none" with 95% bootstrap intervals,
                                          the P_k sweep, wall times
     <out>/ablation/summary.json          every row's summary and the timings
-    <out>/ablation/metrics_vs_subjects.png, pk_sweep.png, training_losses.png, attention.png
+    <out>/ablation/metrics_vs_subjects.png, pk_sweep.png, training_losses.png, attention.png,
+                                         generations.png
     <out>/ablation/logs/<variant>.csv    each variant's training log
 
 Differences are paired: every row ran the same cases with the same generation seeds, so the
@@ -33,6 +34,10 @@ COMPARED = ("fidelity", "fidelity_gain", "presence", "leakage", "adherence", "pc
 BY_SUBJECTS = ("fidelity_gain", "presence", "leakage", "pck")
 SWEPT = ("fidelity_gain", "presence", "leakage", "pck")
 ATTENTION_CASE = 2  # held-out case index shown in attention.png (3 subjects)
+
+
+def evaluated(runs: Path, name: str) -> bool:
+    return (runs / name / "eval" / "evaluation.json").is_file()
 
 
 def load_evaluation(runs: Path, name: str) -> dict:
@@ -73,9 +78,11 @@ def plot_training(runs: Path, names: list[str], path: Path) -> None:
         steps = np.array([int(r["step"]) for r in rows])
         for ax, column in zip(axes, ("diffusion", "scal", "mdl")):
             values = np.array([float(r[column]) for r in rows])
+            if not values.any():
+                continue  # α = β = 0: the probe never ran, so there is nothing to plot
             window = max(1, len(values) // 15)
             ax.plot(steps[window - 1 :], np.convolve(values, np.ones(window) / window, mode="valid"), label=name)
-    for ax, column in zip(axes, ("diffusion loss", "SCAL (logged even when its weight is 0)", "MDL (idem)")):
+    for ax, column in zip(axes, ("diffusion loss", "SCAL (logged wherever the probe runs, even at α = 0)", "MDL (idem, even at β = 0)")):
         ax.set_title(column, fontsize=9)
         ax.set_xlabel("step")
     axes[0].legend(fontsize=7)
@@ -92,6 +99,26 @@ def plot_sweep(evaluations: dict[str, dict], points: dict[str, int], path: Path)
         ax.set_title(METRICS[metric][0], fontsize=9)
         ax.set_xlabel("P_k (points per reference)")
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_generations(runs: Path, rows: list[str], path: Path, cases: tuple[int, ...] = (0, 1, 2, 3, 4, 5)) -> None:
+    """The same held-out cases (one per subject count) as each row generated them; the oracle
+    row's images are the true targets."""
+    fig, axes = plt.subplots(len(rows), len(cases), figsize=(1.6 * len(cases), 1.6 * len(rows)), squeeze=False)
+    for r, name in enumerate(rows):
+        records = load_evaluation(runs, name)["records"]
+        for c, case in enumerate(cases):
+            ax = axes[r, c]
+            if case < len(records):
+                ax.imshow(plt.imread(runs / name / "eval" / records[case]["image"]))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"{case % 6 + 1} subject{'s' if case % 6 else ''}", fontsize=8)
+        axes[r, 0].set_ylabel("true target" if name == "oracle" else name, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -152,25 +179,27 @@ def write_report(runs: Path, out: Path, variants, base: str) -> Path:
     folder = out / "ablation"
     (folder / "logs").mkdir(parents=True, exist_ok=True)
     loss_rows = [v.name for v in variants if not v.name.startswith("both_p")]
-    sweep = {v.name: v.points for v in variants if v.name.startswith("both_p") or v.name == "both"}
-    names = ["oracle", "base", *[v.name for v in variants]]
+    names = ["oracle", *loss_rows]  # required; the base and sweep rows are reported when evaluated
+    names += [n for n in ["base", *(v.name for v in variants if v.name not in loss_rows)] if evaluated(runs, n)]
     evaluations = {name: load_evaluation(runs, name) for name in names}
     summaries = {name: evaluations[name]["summary"] for name in names}
+    sweep = {v.name: v.points for v in variants if v.name in names and (v.name.startswith("both_p") or v.name == "both")}
     for v in variants:
         shutil.copyfile(runs / v.name / "log.csv", folder / "logs" / f"{v.name}.csv")
     timings = collect_timings(runs)
 
-    table_rows = ["base", *loss_rows, "oracle"]
+    table_rows = [n for n in ["base", *loss_rows, "oracle"] if n in names]
     plot_by_subjects({n: summaries[n] for n in table_rows}, folder / "metrics_vs_subjects.png",
                      [m for m in COMPARED if m in summaries["none"]["overall"]], "loss ablation on held-out synthetic cases")  # fmt: skip
     plot_training(runs, [v.name for v in variants if v.name in loss_rows], folder / "training_losses.png")
-    plot_attention({n: (str(runs / n / "pipeline"), "auto") for n in loss_rows} | {"base": (base, None)}, folder / "attention.png")
+    plot_attention({"base": (base, None)} | {n: (str(runs / n / "pipeline"), "auto") for n in loss_rows}, folder / "attention.png")
+    plot_generations(runs, table_rows, folder / "generations.png")
     parts = [
         "# Ablation results (generated by `python -m train.ablate`; do not edit)\n",
         f"{summaries['none']['cases']} held-out cases per row; same cases and seeds for every row.\n",
         "## Table 4 analogue\n", markdown_table({n: summaries[n] for n in table_rows}), "",
         "## Paired differences against the LoRA trained without SCAL and MDL (95% bootstrap interval)\n",
-        differences_table(evaluations, "none", [n for n in ["base", *loss_rows] if n != "none"]), "",
+        differences_table(evaluations, "none", [n for n in table_rows if n not in ("none", "oracle")]), "",
         "## By number of subjects\n",
         *[markdown_by_subjects({n: summaries[n] for n in table_rows}, m) + "\n" for m in BY_SUBJECTS],
     ]

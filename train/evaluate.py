@@ -261,9 +261,9 @@ def main(argv=None) -> None:
     parser.add_argument("--name", help="row name in the report (default: the model folder's name)")
     defaults = Settings()
     parser.add_argument("--cases", type=int, default=defaults.cases)
-    parser.add_argument("--side", type=int, default=defaults.side)
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--guidance", type=float, default=defaults.guidance)
+    parser.add_argument("--side", type=int, help=f"image side (synthetic: {defaults.side}; else the model's usual)")
+    parser.add_argument("--steps", type=int, help=f"denoising steps (synthetic: {defaults.steps}; else the model's usual)")
+    parser.add_argument("--guidance", type=float, help=f"guidance (synthetic: {defaults.guidance}; else the model's usual)")
     parser.add_argument("--seeds", type=int, default=defaults.seeds)
     parser.add_argument("--diversity-every", type=int, default=defaults.diversity_every)
     parser.add_argument("--oracle", action="store_true", help="score the true targets: the metrics' ceiling")
@@ -276,12 +276,15 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from mosaic.loading import load_pipeline
+    from mosaic.pipeline import default_settings
     from train.diversity import FeatureDistance, LpipsDistance
 
-    settings = Settings(args.benchmark, args.cases, args.side, args.steps, args.guidance, args.seeds,
-                        args.diversity_every, args.oracle)  # fmt: skip
     pipe = load_pipeline(args.model, lora=None if args.lora == "none" else args.lora, device=args.device)
     pipe.set_progress_bar_config(disable=True)
+    # The synthetic world is scored at its training size; published lists at the model's usual settings.
+    usual = dataclasses.asdict(defaults) if args.benchmark == "synthetic" else default_settings(pipe)
+    settings = Settings(args.benchmark, args.cases, args.side or usual["side"], args.steps or usual["steps"],
+                        args.guidance or usual["guidance"], args.seeds, args.diversity_every, args.oracle)  # fmt: skip
     distance = LpipsDistance(device=args.device) if args.lpips else FeatureDistance.from_vae(pipe.vae)
     scorer = None
     if settings.benchmark != "synthetic":

@@ -99,6 +99,10 @@ def train(config: TrainConfig) -> Path:
         torch.set_num_threads(config.run.threads)
     kwargs = [DistributedDataParallelKwargs(find_unused_parameters=config.stage == "lora")]
     accelerator = Accelerator(mixed_precision=config.optim.mixed_precision, kwargs_handlers=kwargs)
+    if accelerator.device.type == "cuda":
+        # cuDNN's attention backward crashed on FLUX.1-dev-shaped MOSAIC steps (torch 2.11, CUDA 13,
+        # H200; docs/BENCHMARKS.md); flash and memory-efficient SDPA train them fine.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     pipe = MosaicPipeline.from_pretrained(config.model.pretrained)
     pipe.set_progress_bar_config(disable=True)
     for component in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.transformer):
