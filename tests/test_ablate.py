@@ -27,7 +27,7 @@ def test_ablation_trains_four_variants_and_reports(tmp_path):
     results = (docs / "ablation" / "RESULTS.md").read_text()
     for row in ("| base |", "| none |", "| scal |", "| mdl |", "| both |", "| oracle |"):
         assert row in results
-    for name in ("metrics_vs_subjects.png", "training_losses.png", "attention.png", "generations.png", "summary.json", "logs/both.csv"):
+    for name in ("metrics_vs_subjects.png", "training_losses.png", "attention.png", "generations.png", "summary.json", "logs/both.csv", "records/oracle.jsonl.gz"):
         assert (docs / "ablation" / name).is_file(), name
     summary = json.loads((docs / "ablation" / "summary.json").read_text())
     assert summary["summaries"]["none"]["cases"] == 2

@@ -52,7 +52,11 @@ LOSS_VARIANTS = (
     Variant("both", PAPER_ALPHA, PAPER_BETA),
 )
 # Fig. 6: both losses with fewer or more points per reference ("both" is the P_k = 150 point).
-SWEEP_VARIANTS = tuple(Variant(f"both_p{p}", PAPER_ALPHA, PAPER_BETA, p) for p in (50, 100, 200))
+SWEEP_POINTS = (50, 100, 200)
+
+
+def sweep_variants(points=SWEEP_POINTS) -> tuple[Variant, ...]:
+    return tuple(Variant(f"both_p{p}", PAPER_ALPHA, PAPER_BETA, p) for p in points)
 
 
 def run_dir(runs: Path, variant: Variant) -> Path:
@@ -88,7 +92,7 @@ def run_job(command: list[str], log: Path, what: str) -> float:
 
 
 def train_all(variants, runs: Path, base: str, steps: int, seed: int, jobs: int, overrides=()) -> None:
-    began = time.monotonic()
+    began = time.time()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for variant, minutes in zip(variants, pool.map(lambda v: train_variant(v, runs, base, steps, seed, overrides), variants)):
             _add_minutes(runs / variant.name / "train_minutes.txt", minutes)
@@ -103,8 +107,12 @@ def _add_minutes(path: Path, minutes: float) -> None:
 
 
 def _log_phase(runs: Path, phase: str, began: float, names: list[str]) -> None:
+    """One line per invocation with its wall-clock start and end (epoch seconds): invocations
+    may overlap, so the ablation's wall time is the span from the first start to the last end."""
+    end = time.time()
+    line = {"phase": phase, "start": round(began, 1), "end": round(end, 1), "minutes": round((end - began) / 60, 3), "jobs": names}
     with (runs / "phases.jsonl").open("a") as stream:  # one short append per invocation
-        stream.write(json.dumps({"phase": phase, "minutes": round((time.monotonic() - began) / 60, 3), "jobs": names}) + "\n")
+        stream.write(json.dumps(line) + "\n")
 
 
 def collect_timings(runs: Path) -> dict:
@@ -136,12 +144,12 @@ def evaluation_jobs(variants, runs: Path, base: str, sweep_cases: int = 0) -> li
     # correspondence) and may run the first `sweep_cases` cases only; the report compares them
     # with "both" (P_k = 150) on those same cases.
     sweep = ["--diversity-every", "0", *(["--cases", str(sweep_cases)] if sweep_cases else [])]
-    trained = [(v.name, str(run_dir(runs, v) / "pipeline"), sweep if v in SWEEP_VARIANTS else []) for v in variants]
+    trained = [(v.name, str(run_dir(runs, v) / "pipeline"), sweep if v not in LOSS_VARIANTS else []) for v in variants]
     return [("oracle", base, ["--oracle"]), *trained, ("base", base, ["--lora", "none"])]
 
 
 def evaluate_all(jobs, runs: Path, cases: int, workers: int, extra=()) -> None:
-    began = time.monotonic()
+    began = time.time()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for job, minutes in zip(jobs, pool.map(lambda j: evaluate_variant(j[0], j[1], runs, cases, [*j[2], *extra]), jobs)):
             _add_minutes(runs / job[0] / "eval_minutes.txt", minutes)
@@ -159,13 +167,15 @@ def main(argv=None) -> None:
     parser.add_argument("--cases", type=int, default=204, help="held-out cases per variant (spread over 1-6 subjects)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the P_k sweep")
     parser.add_argument("--sweep-cases", type=int, default=102, help="cases per P_k sweep row (0 = --cases)")
+    parser.add_argument("--sweep-points", type=lambda text: tuple(int(p) for p in text.split(",")), default=SWEEP_POINTS,
+                        help="P_k values of the sweep besides 150, comma-separated (default 50,100,200)")
     parser.add_argument("--phase", choices=("train", "evaluate", "all"), default="all")
     parser.add_argument("--evaluate-args", default="", help="extra train.evaluate options, e.g. '--steps 20'")
     parser.add_argument("overrides", nargs="*", help="training config overrides for every variant, e.g. optim.batch_size=4")
     parser.add_argument("--only", help="evaluate only these comma-separated rows (no report), e.g. oracle,none")
     args = parser.parse_args(argv)
     runs = Path(args.runs)
-    variants = LOSS_VARIANTS + (() if args.no_sweep else SWEEP_VARIANTS)
+    variants = LOSS_VARIANTS + (() if args.no_sweep else sweep_variants(args.sweep_points))
     if args.phase in ("train", "all"):
         train_all(variants, runs, args.base, args.steps, args.seed, args.jobs, args.overrides)
     if args.phase in ("evaluate", "all"):

@@ -7,6 +7,7 @@
     <out>/ablation/metrics_vs_subjects.png, pk_sweep.png, training_losses.png, attention.png,
                                          generations.png
     <out>/ablation/logs/<variant>.csv    each variant's training log
+    <out>/ablation/records/<row>.jsonl.gz  every case's metrics, per row
 
 Differences are paired: every row ran the same cases with the same generation seeds, so the
 interval is over cases of the per-case difference (BOOTSTRAP resamples, fixed seed).
@@ -15,6 +16,7 @@ interval is over cases of the per-case difference (BOOTSTRAP resamples, fixed se
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -73,7 +75,7 @@ def differences_table(evaluations: dict[str, dict], baseline: str, rows: list[st
 
 def plot_training(runs: Path, names: list[str], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.3))
-    for name in names:
+    for i, name in enumerate(names):  # one colour per variant in every panel, even where it is absent
         rows = list(csv.DictReader((runs / name / "log.csv").open()))
         steps = np.array([int(r["step"]) for r in rows])
         for ax, column in zip(axes, ("diffusion", "scal", "mdl")):
@@ -81,7 +83,7 @@ def plot_training(runs: Path, names: list[str], path: Path) -> None:
             if not values.any():
                 continue  # α = β = 0: the probe never ran, so there is nothing to plot
             window = max(1, len(values) // 15)
-            ax.plot(steps[window - 1 :], np.convolve(values, np.ones(window) / window, mode="valid"), label=name)
+            ax.plot(steps[window - 1 :], np.convolve(values, np.ones(window) / window, mode="valid"), label=name, color=f"C{i}")
     for ax, column in zip(axes, ("diffusion loss", "SCAL (logged wherever the probe runs, even at α = 0)", "MDL (idem, even at β = 0)")):
         ax.set_title(column, fontsize=9)
         ax.set_xlabel("step")
@@ -168,10 +170,12 @@ def wall_table(timings: dict) -> str:
     for name in dict.fromkeys([*timings["train"], *timings["evaluate"]]):
         cells = [timings[k].get(name) for k in ("train", "evaluate")]
         lines.append(f"| {name} | " + " | ".join("–" if c is None else f"{c:.1f}" for c in cells) + " |")
+    phases = timings["phases"]
     lines += ["", "| invocation | wall minutes | jobs |", "|---|---|---|"]
-    lines += [f"| {p['phase']} | {p['minutes']:.1f} | {', '.join(p['jobs'])} |" for p in timings["phases"]]
-    total = sum(p["minutes"] for p in timings["phases"])
-    return "\n".join(lines + [f"| **all invocations** | **{total:.1f}** | |"])
+    lines += [f"| {p['phase']} | {p['minutes']:.1f} | {', '.join(p['jobs'])} |" for p in phases]
+    timed = [p for p in phases if "start" in p]
+    span = (max(p["end"] for p in timed) - min(p["start"] for p in timed)) / 60 if timed else 0.0
+    return "\n".join(lines + [f"| **all invocations, first start to last end** | **{span:.1f}** | |"])
 
 
 def write_report(runs: Path, out: Path, variants, base: str) -> Path:
@@ -186,6 +190,10 @@ def write_report(runs: Path, out: Path, variants, base: str) -> Path:
     sweep = {v.name: v.points for v in variants if v.name in names and (v.name.startswith("both_p") or v.name == "both")}
     for v in variants:
         shutil.copyfile(runs / v.name / "log.csv", folder / "logs" / f"{v.name}.csv")
+    (folder / "records").mkdir(exist_ok=True)
+    for name in names:  # every case's metrics, small enough to commit (mtime=0: same bytes each run)
+        data = (runs / name / "eval" / "records.jsonl").read_bytes()
+        (folder / "records" / f"{name}.jsonl.gz").write_bytes(gzip.compress(data, mtime=0))
     timings = collect_timings(runs)
 
     table_rows = [n for n in ["base", *loss_rows, "oracle"] if n in names]

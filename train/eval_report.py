@@ -83,11 +83,11 @@ def plot_by_subjects(summaries: dict[str, dict], path, metrics: list[str] | None
     rows = math.ceil(len(metrics) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.9 * rows), squeeze=False)
     for ax, metric in zip(axes.flat, metrics):
-        for name, summary in summaries.items():
+        for i, (name, summary) in enumerate(summaries.items()):  # a fixed colour per row in every panel
             by = sorted((int(k), v[metric]["mean"]) for k, v in summary["by_subjects"].items()
                         if metric in v and v[metric]["mean"] is not None)  # fmt: skip
             if by:
-                ax.plot(*zip(*by), marker="o", label=name)
+                ax.plot(*zip(*by), marker="o", label=name, color=f"C{i}")
         label, higher = METRICS[metric]
         ax.set_title(f"{label} ({'higher' if higher else 'lower'} is better)", fontsize=9)
         ax.set_xlabel("subjects")

@@ -62,7 +62,9 @@ class Settings:
     steps: int = 12
     guidance: float = 3.5
     seeds: int = 4  # generations per diversity case
-    diversity_every: int = 12  # every n-th case gets the diversity generations (0 = none)
+    # Every n-th case gets the diversity generations (0 = none). Coprime with the 6 subject
+    # counts, so those cases cover every count (a multiple of 6 would pick one count only).
+    diversity_every: int = 7
     oracle: bool = False  # score the true target instead of a generation (synthetic only)
 
 
@@ -128,7 +130,7 @@ def world_record(image: np.ndarray, sample, decoy_references: list[np.ndarray]) 
     from train.world_metrics import chance_fidelity, subject_scores  # OpenCV only where the world is scored
 
     colours = [s["colour"] for s in sample.meta["subjects"]]
-    chance = chance_fidelity(image, decoy_references)
+    chance = chance_fidelity(image, decoy_references) if decoy_references else 0.0  # no decoy: an identity clash
     scores = subject_scores(image, [r.image for r in sample.references], colours, chance)
     return {
         "fidelity": float(np.mean([s.fidelity for s in scores])),
