@@ -56,7 +56,8 @@ def main() -> None:
             times = []
             for i in range(args.clicks + 1):
                 started = time.perf_counter()
-                client.predict(2, 5 + (7 * i) % 50, 40, 1, 0, args.steps, "viridis", 0.5, api_name="/heatmap")
+                # reference 2, pixel (x, 40), image 1, blocks 0-3 (the double blocks), colour map, opacity
+                client.predict(2, 5 + (7 * i) % 50, 40, 1, 0, 3, "viridis", 0.5, api_name="/heatmap")
                 times.append(time.perf_counter() - started)
         finally:
             demo.close()
