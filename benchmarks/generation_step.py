@@ -22,6 +22,7 @@ import torch
 from diffusers import FluxTransformer2DModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.building import built_on  # noqa: E402
 from mosaic.transformer import grid_position_ids, mosaic_forward, reference_position_ids  # noqa: E402
 
 PRESETS = {
@@ -52,13 +53,8 @@ def main():
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     config = PRESETS[args.preset]
-    # Built directly on the device in the benchmark dtype: a FLUX.1-dev-sized fp32 copy on the
-    # host would take ~48 GB and minutes of random init before the first step.
-    default_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    with torch.device(args.device):
+    with built_on(args.device, dtype):
         model = FluxTransformer2DModel(patch_size=1, in_channels=64, **config).eval()
-    torch.set_default_dtype(default_dtype)
     n = args.grid**2
     kw = dict(device=args.device, dtype=dtype)
     x = torch.randn(1, n, 64, **kw)

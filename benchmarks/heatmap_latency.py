@@ -11,7 +11,6 @@ target of the Attention tab is 300 ms on the embedded default.
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import sys
 import tempfile
@@ -26,14 +25,9 @@ from app import build_demo  # noqa: E402
 from mosaic import DEFAULT_MODEL_DIR  # noqa: E402
 from mosaic.loading import load_pipeline  # noqa: E402
 from studio.examples import load_examples  # noqa: E402
+from studio.local_server import launched  # noqa: E402
 
 PROMPT = "a blue person, a brown quadruped and a yellow bird on a plain background"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -47,10 +41,8 @@ def main() -> None:
     references = max(load_examples(), key=lambda e: len(e.references)).references[:3]
     with tempfile.TemporaryDirectory() as folder:
         demo = build_demo(load_pipeline(args.model, device="cpu"), store=Path(folder) / "store.db", outputs_dir=Path(folder) / "out")
-        port = free_port()
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-        try:
-            client = Client(f"http://127.0.0.1:{port}/", verbose=False, httpx_kwargs={"timeout": 600})
+        with launched(demo) as url:
+            client = Client(url, verbose=False, httpx_kwargs={"timeout": 600})
             client.predict([handle_file(f) for f in references], PROMPT, "", args.side, args.side, args.steps, 3.5,
                            7, False, 1, False, 1, 100, api_name="/generate")  # fmt: skip
             times = []
@@ -59,8 +51,6 @@ def main() -> None:
                 # reference 2, pixel (x, 40), image 1, blocks 0-3 (the double blocks), colour map, opacity
                 client.predict(2, 5 + (7 * i) % 50, 40, 1, 0, 3, "viridis", 0.5, api_name="/heatmap")
                 times.append(time.perf_counter() - started)
-        finally:
-            demo.close()
     clicks = sorted(times[1:])
     p90 = clicks[min(len(clicks) - 1, int(0.9 * len(clicks)))]
     print(f"click → heatmap over {len(clicks)} clicks: median {statistics.median(clicks) * 1000:.0f} ms, "

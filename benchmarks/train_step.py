@@ -30,6 +30,7 @@ import torch
 from diffusers import FluxTransformer2DModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.building import built_on  # noqa: E402
 from mosaic.losses import mosaic_losses  # noqa: E402
 from mosaic.lora import reference_lora_config  # noqa: E402
 from mosaic.probe import AttentionProbe, all_double_blocks, early_double_blocks, probe_rows  # noqa: E402
@@ -58,9 +59,7 @@ FLUX_DEV = dict(double=19, single=38, heads=24, head_dim=128, text=512, text_dim
 
 def build(args):
     torch.manual_seed(0)
-    default_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(args.torch_dtype)  # built in place: no fp32 copy of a 12B model first
-    with torch.device(args.device):
+    with built_on(args.device, args.torch_dtype):
         model = FluxTransformer2DModel(
             patch_size=1, in_channels=64, num_layers=args.double, num_single_layers=args.single,
             attention_head_dim=args.head_dim, num_attention_heads=args.heads, joint_attention_dim=args.text_dim,
@@ -68,7 +67,6 @@ def build(args):
         )  # fmt: skip
         model.requires_grad_(False)
         model.add_adapter(reference_lora_config(rank=16))
-    torch.set_default_dtype(default_dtype)
     for name, param in model.named_parameters():
         if "lora_" in name:
             param.data = param.data.float()  # trainable LoRA weights in fp32, as mixed-precision training keeps them

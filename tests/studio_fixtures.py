@@ -1,11 +1,9 @@
-"""Shared by the app tests: the embedded pipeline, reference files, a launched studio."""
+"""Shared by the app tests: the embedded pipeline, reference files, points on the canvas."""
 
 from __future__ import annotations
 
-import socket
 import struct
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -59,20 +57,3 @@ def png_declaring(path: Path, width: int, height: int) -> str:
     chunks = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
     return str(path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def launched(demo):
-    """Serve `demo` on 127.0.0.1 at a free port; yields its URL."""
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()

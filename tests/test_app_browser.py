@@ -18,7 +18,8 @@ from mosaic import DEFAULT_MODEL_DIR
 from mosaic.loading import load_pipeline
 from studio.annotate import open_sample
 from studio.canvas import TARGET
-from studio_fixtures import ARTIFACTS, example_references, free_target_point, launched
+from studio.local_server import launched
+from studio_fixtures import ARTIFACTS, example_references, free_target_point
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

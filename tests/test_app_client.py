@@ -12,7 +12,8 @@ from mosaic.loading import load_pipeline
 from studio.annotate import open_sample
 from studio.canvas import TARGET
 from studio.metadata import read_settings
-from studio_fixtures import FAST, box_file, example_references, free_target_point, launched, png_declaring
+from studio.local_server import launched
+from studio_fixtures import FAST, box_file, example_references, free_target_point, png_declaring
 
 # gradio_client's HTTP calls otherwise wait httpx's default 5 s (its heartbeat 20 s): too short for a
 # generation with the default model on a busy 2-core machine. A hung server still fails, after this long.

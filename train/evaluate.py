@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,11 +80,17 @@ def synthetic_cases(count: int, side: int, token_size: int) -> list:
     return [heldout_sample(i, 1 + i % MAX_REFERENCES, side, side // 2, token_size) for i in range(count)]
 
 
+@functools.lru_cache(maxsize=1)
+def _probe_stage() -> LoraStage:
+    """The training's LoRA stage, read once: every case probes it at three noise levels."""
+    return LoraStage(load_config(LORA_CONFIG))
+
+
 @torch.no_grad()
 def probe_rows(pipe, batch, t: float) -> torch.Tensor:
     """Eq. 8 rows (B, K·P, N_tgt) of the batch's points at noise level t, on the training's probe
     sites (train/configs/default_lora.yaml), with fixed noise."""
-    stage = LoraStage(load_config(LORA_CONFIG))
+    stage = _probe_stage()
     f = stage.flow_inputs(pipe, batch, torch.Generator().manual_seed(int(t * 1000)), t=t)
     return stage.predict(pipe, pipe.transformer, batch, f, probe=True)[1]
 
@@ -163,15 +170,19 @@ class Evaluator:
         images = [first] + [generate(self.pipe, prompt, references, s, seed=index * 1000 + j) for j in range(1, s.seeds)]
         return mean_pairwise_distance(images, self.distance)
 
-    def synthetic(self, index: int, sample) -> dict:
-        refs = [Image.fromarray(r.image) for r in sample.references]
-        if self.settings.oracle:
-            image = Image.fromarray(sample.target)
-        else:
-            image = generate(self.pipe, sample.caption, refs, self.settings, seed=index * 1000)
+    def _image(self, index: int, case_id: str, prompt: str, refs: list[Image.Image], image: Image.Image | None = None):
+        """Case `index`'s image (generated unless given), saved under images/, and the record's
+        head: (image, record)."""
+        if image is None:
+            image = generate(self.pipe, prompt, refs, self.settings, seed=index * 1000)
         name = f"images/{index:04d}.png"
         image.save(self.out / name)
-        record = {"case": sample.sample_id, "subjects": len(refs), "prompt": sample.caption, "image": name}
+        return image, {"case": case_id, "subjects": len(refs), "prompt": prompt, "image": name}
+
+    def synthetic(self, index: int, sample) -> dict:
+        refs = [Image.fromarray(r.image) for r in sample.references]
+        truth = Image.fromarray(sample.target) if self.settings.oracle else None
+        image, record = self._image(index, sample.sample_id, sample.caption, refs, truth)
         record.update(world_record(np.asarray(image), sample, decoys(index, sample)))
         if not self.settings.oracle:
             hits, points = probe_hits(self.pipe, sample, np.random.default_rng([EVAL_SEED, index]))
@@ -181,10 +192,7 @@ class Evaluator:
 
     def published(self, index: int, case) -> dict:
         refs = case.load_images()
-        image = generate(self.pipe, case.prompt, refs, self.settings, seed=index * 1000)
-        name = f"images/{index:04d}.png"
-        image.save(self.out / name)
-        record = {"case": case.case_id, "subjects": case.num_subjects, "prompt": case.prompt, "image": name}
+        image, record = self._image(index, case.case_id, case.prompt, refs)
         record.update(self.scorer.score_case(image, case.load_metric_images(), case.prompt))
         record["diversity"] = self._diversity(index, case.prompt, refs, image)
         return record
