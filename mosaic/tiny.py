@@ -52,6 +52,8 @@ class TinyFluxConfig:
     vae_layers_per_block: int = 1  # smallest depth diffusers allows
     latent_channels: int = 4  # FLUX has 16; 4 keeps the VAE tiny
     vae_norm_num_groups: int = 8  # GroupNorm groups; divides every block width, 2+ channels each
+    vae_mid_block_attention: bool = True  # diffusers' default; off, the VAE is purely convolutional, so
+    # training on crops and decoding whole images see the same operator at every size
     vae_scaling_factor: float = 1.0  # neutral until a trained VAE is calibrated (FLUX: 0.3611)
     vae_shift_factor: float = 0.0  # FluxPipeline reads it; neutral for now (FLUX: 0.1159)
     # --- CLIP text encoder (its width is pooled_projection_dim) ---
@@ -194,6 +196,7 @@ def build_vae(cfg: TinyFluxConfig) -> AutoencoderKL:
         latent_channels=cfg.latent_channels, norm_num_groups=cfg.vae_norm_num_groups,
         scaling_factor=cfg.vae_scaling_factor, shift_factor=cfg.vae_shift_factor,
         use_quant_conv=False, use_post_quant_conv=False,  # FLUX's VAE has no quant convs
+        mid_block_add_attention=cfg.vae_mid_block_attention,
     )
 
 

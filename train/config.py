@@ -55,6 +55,7 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
+    schedule: str = "constant"  # learning rate after warmup: "constant" or "cosine" (to 0 at max_steps)
     max_steps: int = 1000
     batch_size: int = 8
     grad_clip: float = 1.0
@@ -83,6 +84,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.optim.schedule not in ("constant", "cosine"):
+            raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got {self.optim.schedule!r}")
 
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:

@@ -30,6 +30,7 @@ from train.stages import STAGE_CLASSES
 
 CHECKPOINT_PREFIX = "step-"
 WEIGHTS_FILE = "model.safetensors"  # accelerate's name for the first prepared model
+SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine"}  # optim.schedule → diffusers' name
 _NOISE_SALT = 0x7E15E  # separates noise/timestep draws from the data streams
 
 
@@ -113,7 +114,8 @@ def train(config: TrainConfig) -> Path:
     stage = STAGE_CLASSES[config.stage](config)
     model = StageModel(stage, pipe, stage.trainable(pipe))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.optim.lr, weight_decay=config.optim.weight_decay)
-    scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=config.optim.warmup_steps)
+    scheduler = get_scheduler(SCHEDULES[config.optim.schedule], optimizer, num_warmup_steps=config.optim.warmup_steps,
+                              num_training_steps=config.optim.max_steps)
     _install_checkpoint_hooks(accelerator, model)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
