@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 from diffusers import FluxTransformer2DModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.building import built_on  # noqa: E402
-from mosaic.transformer import grid_position_ids, mosaic_forward, reference_position_ids  # noqa: E402
+from building import built_on  # a sibling script: benchmarks/ is on sys.path when run
+from mosaic_studio.mosaic.transformer import grid_position_ids, mosaic_forward, reference_position_ids
 
 PRESETS = {
     "cpu": dict(num_layers=3, num_single_layers=3, attention_head_dim=32, num_attention_heads=4,

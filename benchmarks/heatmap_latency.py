@@ -17,15 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gradio_client import Client, handle_file  # noqa: E402
 
-from app import build_demo  # noqa: E402
-from mosaic import DEFAULT_MODEL_DIR  # noqa: E402
-from mosaic.loading import load_pipeline  # noqa: E402
-from studio.examples import load_examples  # noqa: E402
-from studio.local_server import launched  # noqa: E402
+from mosaic_studio.studio.app import build_demo
+from mosaic_studio import DEFAULT_MODEL_DIR
+from mosaic_studio.mosaic.loading import load_pipeline
+from mosaic_studio.studio.examples import load_examples
+from mosaic_studio.studio.local_server import launched
 
 PROMPT = "a blue person, a brown quadruped and a yellow bird on a plain background"
 

@@ -3,7 +3,7 @@
     python benchmarks/proposal_pck.py                     # >= 200 pairs, the embedded model
     python benchmarks/proposal_pck.py --model PATH --pairs 400 --out pck.md
 
-Every row runs the proposal code path of `python -m annotator propose` (annotator.propose:
+Every row runs the proposal code path of `python -m mosaic_studio.annotator propose` (annotator.propose:
 ground-truth target masks, reference masks from the plain background, matching, intersection,
 Eq. 2, P_k) on the same samples, so rows differ only in the extractors combined. "chance" draws
 a uniformly random reference position inside the reference subject for every target token.
@@ -22,14 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from annotator.evaluate import PCK_ALPHA, PckTally  # noqa: E402
-from annotator.matching import Matches, reference_candidates  # noqa: E402
-from annotator.propose import ProposalConfig, ProposalRequest, build_proposer  # noqa: E402
-from annotator.segment import plain_background_mask  # noqa: E402
-from annotator.weights import MissingWeightsError  # noqa: E402
-from train.synthetic import WorldConfig, generate_sample  # noqa: E402
+from mosaic_studio.annotator.pck import PCK_ALPHA, PckTally
+from mosaic_studio.annotator.matching import Matches, reference_candidates
+from mosaic_studio.annotator.propose import ProposalConfig, ProposalRequest, build_proposer
+from mosaic_studio.annotator.segment import plain_background_mask
+from mosaic_studio.annotator.weights import MissingWeightsError
+from mosaic_studio.world.synthetic import WorldConfig, generate_sample
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "PROPOSAL_PCK.md"
 CHANCE = "chance"
@@ -105,8 +104,8 @@ def main(argv=None) -> None:
     started = time.time()
     torch.manual_seed(0)
 
-    from mosaic import DEFAULT_MODEL_DIR
-    from mosaic.loading import load_pipeline
+    from mosaic_studio import DEFAULT_MODEL_DIR
+    from mosaic_studio.mosaic.loading import load_pipeline
 
     model = args.model or str(DEFAULT_MODEL_DIR)
     pipe = load_pipeline(model, device="cpu")
@@ -151,8 +150,8 @@ def describe_model(model: str) -> str:
     """Name the DIFT model, and say so when it is the untrained tiny builder's output."""
     info = Path(model) / "mosaic_tiny.json"
     builder = json.loads(info.read_text()).get("builder") if info.is_file() else None
-    notes = {"mosaic.tiny": " (random, untrained weights from mosaic.tiny)",
-             "train.build_default": " (trained on the synthetic world by train.build_default)"}
+    notes = {"mosaic_studio.mosaic.tiny": " (random, untrained weights from mosaic.tiny)",
+             "mosaic_studio.train.build_default": " (trained on the synthetic world by train.build_default)"}
     return f"`{Path(model).name}`" + notes.get(builder, "")
 
 
@@ -170,7 +169,7 @@ def render(args, rows, tallies, samples, elapsed, absent, model, block, config) 
         f"{args.ref_size} px; identities never seen in training). Target masks: ground truth; "
         "reference masks: plain background. One query per target token "
         f"({config.token_size} px) inside the subject; Eq. 2 and P_k = {config.p_k} applied as in "
-        "`python -m annotator propose`.",
+        "`python -m mosaic_studio.annotator propose`.",
         "",
         table(rows, tallies),
         "",

@@ -8,8 +8,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mosaic.semalign import save_sample
-from train.synthetic import WorldConfig, generate_sample
+from mosaic_studio.mosaic.data.semalign import save_sample
+from mosaic_studio.world.synthetic import WorldConfig, generate_sample
 
 
 def _rate(num: int, work) -> float:

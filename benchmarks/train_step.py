@@ -29,12 +29,11 @@ from pathlib import Path
 import torch
 from diffusers import FluxTransformer2DModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.building import built_on  # noqa: E402
-from mosaic.losses import mosaic_losses  # noqa: E402
-from mosaic.lora import reference_lora_config  # noqa: E402
-from mosaic.probe import AttentionProbe, all_double_blocks, early_double_blocks, probe_rows  # noqa: E402
-from mosaic.transformer import grid_position_ids, mosaic_forward, reference_position_ids  # noqa: E402
+from building import built_on  # a sibling script: benchmarks/ is on sys.path when run
+from mosaic_studio.mosaic.losses import mosaic_losses
+from mosaic_studio.mosaic.lora import reference_lora_config
+from mosaic_studio.mosaic.probe import AttentionProbe, all_double_blocks, early_double_blocks, probe_rows
+from mosaic_studio.mosaic.transformer import grid_position_ids, mosaic_forward, reference_position_ids
 
 ALPHA, BETA = 0.4, 0.6  # paper defaults (Eq. 15)
 VARIANTS = ("off", "on", "on_all", "naive_all")

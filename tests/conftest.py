@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from diffusers import FluxTransformer2DModel  # noqa: E402
 
-from mosaic.lora import reference_lora_config  # noqa: E402
+from mosaic_studio.mosaic.lora import reference_lora_config  # noqa: E402
 
 TINY_TRANSFORMER = dict(
     patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mosaic.transformer import grid_position_ids, reference_position_ids
+from mosaic_studio.mosaic.transformer import grid_position_ids, reference_position_ids
 
 
 @dataclass

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from studio.canvas import TARGET, Layout
-from studio.drawing import HIT_RADIUS, DrawnPair, endpoints
-from studio.examples import load_examples
+from mosaic_studio.studio.canvas import TARGET, Layout
+from mosaic_studio.studio.drawing import HIT_RADIUS, DrawnPair, endpoints
+from mosaic_studio.studio.examples import load_examples
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 FAST = dict(width=64, height=64, steps=2)  # seconds on a CPU

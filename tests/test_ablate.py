@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from train import ablate
-from train.ablation_report import paired_difference
+from mosaic_studio.experiments import ablate
+from mosaic_studio.experiments.ablation_report import paired_difference
 
 
 def test_ablation_trains_four_variants_and_reports(tmp_path):

@@ -8,19 +8,19 @@ import pytest
 from conftest import store_dump as dump
 from PIL import Image
 
-from annotator.cli import main
-from annotator.export import label_studio_config
-from annotator.imports import import_subjects200k
-from annotator.store import PointEdit, PointStatus, ReviewStore
-from mosaic.semalign import load_sample, token_grid
-from train import synthetic
+from mosaic_studio.annotator.cli import main
+from mosaic_studio.annotator.export import label_studio_config
+from mosaic_studio.annotator.imports import import_subjects200k
+from mosaic_studio.annotator.store import PointEdit, PointStatus, ReviewStore
+from mosaic_studio.mosaic.data.semalign import load_sample, token_grid
+from mosaic_studio.world import synthetic
 
 T = 16
 
 
 @pytest.fixture
 def world(tmp_path):
-    """Three held-out synthetic samples, as `python -m train.synthetic` writes them."""
+    """Three held-out synthetic samples, as `python -m mosaic_studio.world.synthetic` writes them."""
     out = tmp_path / "world"
     synthetic.main(["--out", str(out), "--num", "3", "--split", "heldout", "--points-per-subject", "12"])
     return out

@@ -4,12 +4,12 @@ becomes a visible gr.Error naming the problem, and the review store stays unchan
 import gradio as gr
 import pytest
 
-from annotator.store import ReviewStore
-from app import build_demo
-from mosaic import DEFAULT_MODEL_DIR
-from mosaic.loading import load_pipeline
-from studio import annotate_tab, attention_tab, generate_tab
-from studio.generation import MAX_SEED
+from mosaic_studio.annotator.store import ReviewStore
+from mosaic_studio.studio.app import build_demo
+from mosaic_studio import DEFAULT_MODEL_DIR
+from mosaic_studio.mosaic.loading import load_pipeline
+from mosaic_studio.studio.tabs import annotate, attention, generate
+from mosaic_studio.studio.generation import MAX_SEED
 from studio_fixtures import FAST, box_file, example_references, free_target_point, png_declaring
 
 
@@ -24,7 +24,7 @@ def pipe():
 
 @pytest.fixture
 def run_generate(pipe, tmp_path):
-    handler = generate_tab.make_generate_handler(pipe, tmp_path, {"model": "tiny"})
+    handler = generate.make_generate_handler(pipe, tmp_path, {"model": "tiny"})
 
     def run(files, prompt="a red box", width=FAST["width"], height=FAST["height"], seed=7, randomise=False, images=1):
         return handler(files, prompt, "", width, height, FAST["steps"], 3.5, seed, randomise, images, False, 1, 100,
@@ -40,8 +40,8 @@ def test_build_demo_serves_the_three_tabs_with_a_queue(pipe, tmp_path):
     assert {"generate", "heatmap", "send_to_annotate", "annotate_load", "annotate_click", "annotate_accepted",
             "annotate_report", "annotate_export"} <= names
     assert demo._queue.max_size == 5
-    generate = next(fn for fn in demo.fns.values() if fn.api_name == "generate")
-    assert generate.concurrency_limit == 1  # one pipeline, one generation at a time
+    generate_fn = next(fn for fn in demo.fns.values() if fn.api_name == "generate")
+    assert generate_fn.concurrency_limit == 1  # one pipeline, one generation at a time
 
 
 def test_generate_handler_returns_pngs_seed_and_session(run_generate):
@@ -74,63 +74,63 @@ def test_bad_input_is_a_visible_error(pipe, run_generate, tmp_path, case, messag
 
 
 def test_preview_shows_the_preprocessed_references_or_names_the_bad_one(tmp_path):
-    shown = generate_tab.on_preview(example_references(2), False)
+    shown = generate.on_preview(example_references(2), False)
     assert [caption for _, caption in shown] == ["1: blue_person.png", "2: brown_quadruped.png"]
     assert shown[0][0].size == (256, 256) and shown[0][0].getpixel((0, 0)) == (255, 255, 255)  # white padding
     with pytest.raises(gr.Error, match="reference 1 .*too large"):
-        generate_tab.on_preview([png_declaring(tmp_path / "bomb.png", 30_000, 20_000)], False)
+        generate.on_preview([png_declaring(tmp_path / "bomb.png", 30_000, 20_000)], False)
 
 
 def test_attention_handlers_before_and_after_a_generation(run_generate, tmp_path):
     with pytest.raises(gr.Error, match="Generate with at least one reference"):
-        attention_tab._visible(attention_tab.redraw)(None, None, 1, 0, 0, "inferno", 0.5)
-    assert attention_tab.on_new_generation(None, 0.5)[2].startswith("Generate with")
+        attention._visible(attention.redraw)(None, None, 1, 0, 0, "inferno", 0.5)
+    assert attention.on_new_generation(None, 0.5)[2].startswith("Generate with")
     *_, generation, _ = run_generate(example_references(2))
-    reset = attention_tab.on_new_generation(generation, 0.5)
+    reset = attention.on_new_generation(generation, 0.5)
     assert reset[4]["choices"][0] == ("transformer_blocks.0", 0) and reset[7] is not None  # blocks, overview
-    clicked, strip, heatmap, caption = attention_tab.on_reference_pixel(generation, 1, 30, 30, 1, 0, 3, "turbo", 0.4)
+    clicked, strip, heatmap, caption = attention.on_reference_pixel(generation, 1, 30, 30, 1, 0, 3, "turbo", 0.4)
     assert clicked == (0, 30.0, 30.0) and heatmap.size == (64, 64) and "Reference 1" in caption
 
     store = tmp_path / "store.db"
     ReviewStore(store).close()
-    *view, tab = attention_tab.make_send_handler(store)(generation, 1, 0, 3, 2, "ann")
+    *view, tab = attention.make_send_handler(store)(generation, 1, 0, 3, 2, "ann")
     assert tab["selected"] == "annotate" and view[0].draft.selected == 1
     with ReviewStore(store) as opened:
         assert opened.stats().samples == 1
     with pytest.raises(gr.Error, match="no generated image 2"):
-        attention_tab.make_send_handler(store)(generation, 2, 0, 3, 2, "ann")
+        attention.make_send_handler(store)(generation, 2, 0, 3, 2, "ann")
 
 
 def test_annotate_handlers_move_accept_and_refuse_a_stale_save(run_generate, tmp_path):
     *_, generation, _ = run_generate(example_references(2))
     store = tmp_path / "store.db"
     ReviewStore(store).close()
-    opened = attention_tab.make_send_handler(store)(generation, 1, 0, 3, 2, "")[0]
+    opened = attention.make_send_handler(store)(generation, 1, 0, 3, 2, "")[0]
     with pytest.raises(gr.Error, match="annotator name"):
-        annotate_tab.on_load(store, " ")
-    loaded, canvas, info, queue, progress = annotate_tab.on_load(store, "ann")
+        annotate.on_load(store, " ")
+    loaded, canvas, info, queue, progress = annotate.on_load(store, "ann")
     assert loaded.draft.sample_id == opened.draft.sample_id and "Sample **1 of 1**" in progress
 
     # A click near any drawn point selects its pair, so move pair 1 (selected) to a spot clear of them all
     assert loaded.draft.selected == 1
     spot = free_target_point(loaded.layout, loaded.draft.visible())
     target = loaded.layout.panel("target")
-    moved, *_ = annotate_tab.on_click(loaded, annotate_tab.SELECT_MODE, *target.to_canvas(spot))
+    moved, *_ = annotate.on_click(loaded, annotate.SELECT_MODE, *target.to_canvas(spot))
     assert moved.draft.counts()["moved"] == 1 and moved.draft.selected == 1
     assert moved.draft.pair(1).target_xy == pytest.approx(spot)  # > 2 hit radii from where it was
-    assert annotate_tab.on_click(moved, annotate_tab.SELECT_MODE, 0, 0) == (gr.skip(),) * 3  # a gap: a warning only
-    judged, *_ = annotate_tab._draft_action("judge_remaining", "correct")(moved, annotate_tab.SELECT_MODE)
+    assert annotate.on_click(moved, annotate.SELECT_MODE, 0, 0) == (gr.skip(),) * 3  # a gap: a warning only
+    judged, *_ = annotate._draft_action("judge_remaining", "correct")(moved, annotate.SELECT_MODE)
     with pytest.raises(gr.Error, match="still need a verdict"):
-        annotate_tab.on_save(store, "accepted", moved, "ann", annotate_tab.SELECT_MODE)
-    after = annotate_tab.on_save(store, "accepted", judged, "ann", annotate_tab.SELECT_MODE)
+        annotate.on_save(store, "accepted", moved, "ann", annotate.SELECT_MODE)
+    after = annotate.on_save(store, "accepted", judged, "ann", annotate.SELECT_MODE)
     assert after[0] is None and "All **1** samples reviewed" in after[4]
 
     with ReviewStore(store) as opened_store:
         before = opened_store.stats()
     with pytest.raises(gr.Error, match="changed by another review"):  # the same draft again: version conflict
-        annotate_tab.on_save(store, "rejected", judged, "bob", annotate_tab.SELECT_MODE)
+        annotate.on_save(store, "rejected", judged, "bob", annotate.SELECT_MODE)
     with ReviewStore(store) as opened_store:
         assert opened_store.stats() == before and before.by_status == {"accepted": 1}
-    assert "overall" in annotate_tab.on_report(store, False)
-    assert annotate_tab.on_export(store, tmp_path).endswith(".json")
-    assert "stratified sample: 1 of 1 reviewed" in annotate_tab.on_mark(store, 0.5, 0, "ann")
+    assert "overall" in annotate.on_report(store, False)
+    assert annotate.on_export(store, tmp_path).endswith(".json")
+    assert "stratified sample: 1 of 1 reviewed" in annotate.on_mark(store, 0.5, 0, "ann")

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from annotator.records import PointStatus, SampleStatus
-from annotator.store import ReviewStore
-from app import build_demo
-from mosaic import DEFAULT_MODEL_DIR
-from mosaic.loading import load_pipeline
-from studio.annotate import open_sample
-from studio.canvas import TARGET
-from studio.local_server import launched
+from mosaic_studio.annotator.records import PointStatus, SampleStatus
+from mosaic_studio.annotator.store import ReviewStore
+from mosaic_studio.studio.app import build_demo
+from mosaic_studio import DEFAULT_MODEL_DIR
+from mosaic_studio.mosaic.loading import load_pipeline
+from mosaic_studio.studio.annotation import open_sample
+from mosaic_studio.studio.canvas import TARGET
+from mosaic_studio.studio.local_server import launched
 from studio_fixtures import ARTIFACTS, example_references, free_target_point
 
 CHROMIUM = Path("/usr/bin/chromium")

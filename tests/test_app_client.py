@@ -4,15 +4,15 @@ ask for a heatmap, send to Annotate, move a point and accept → the review stor
 import pytest
 from gradio_client import Client, handle_file
 
-from annotator.records import PointStatus, SampleStatus
-from annotator.store import ReviewStore
-from app import build_demo
-from mosaic import DEFAULT_MODEL_DIR
-from mosaic.loading import load_pipeline
-from studio.annotate import open_sample
-from studio.canvas import TARGET
-from studio.metadata import read_settings
-from studio.local_server import launched
+from mosaic_studio.annotator.records import PointStatus, SampleStatus
+from mosaic_studio.annotator.store import ReviewStore
+from mosaic_studio.studio.app import build_demo
+from mosaic_studio import DEFAULT_MODEL_DIR
+from mosaic_studio.mosaic.loading import load_pipeline
+from mosaic_studio.studio.annotation import open_sample
+from mosaic_studio.studio.canvas import TARGET
+from mosaic_studio.studio.metadata import read_settings
+from mosaic_studio.studio.local_server import launched
 from studio_fixtures import FAST, box_file, example_references, free_target_point, png_declaring
 
 # gradio_client's HTTP calls otherwise wait httpx's default 5 s (its heartbeat 20 s): too short for a

@@ -6,10 +6,10 @@ from diffusers.models.embeddings import apply_rotary_emb
 from inputs import random_batch
 
 from conftest import add_random_lora, make_transformer
-from mosaic.attention import ReferenceBranch, install_mosaic_attention
-from mosaic.losses import scal_loss
-from mosaic.probe import AttentionProbe
-from mosaic.transformer import grid_position_ids, mosaic_forward, reference_position_ids
+from mosaic_studio.mosaic.attention import ReferenceBranch, install_mosaic_attention
+from mosaic_studio.mosaic.losses import scal_loss
+from mosaic_studio.mosaic.probe import AttentionProbe
+from mosaic_studio.mosaic.transformer import grid_position_ids, mosaic_forward, reference_position_ids
 
 B, TEXT, TARGET_GRID, REF_GRID, K = 2, 5, (3, 4), (2, 3), 3
 

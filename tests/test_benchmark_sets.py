@@ -6,8 +6,8 @@ import json
 import pytest
 from PIL import Image
 
-from mosaic.semalign import MAX_REFERENCES
-from train.benchmark_sets import (
+from mosaic_studio.mosaic.data.semalign import MAX_REFERENCES
+from mosaic_studio.evaluation.benchmark_sets import (
     BenchmarkFormatError, cases_by_subject_count, fill_template, load_dreambench, load_uno_cases, load_xversebench,
     parse_dreambench_prompts,
 )

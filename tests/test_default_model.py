@@ -1,19 +1,19 @@
-"""The embedded default in assets/: trained base + MOSAIC LoRA, loaded offline like the app does."""
+"""The embedded default in mosaic_studio/assets/: trained base + MOSAIC LoRA, loaded offline like the app does."""
 
 import numpy as np
 import torch
 from PIL import Image
 
-from mosaic import DEFAULT_MODEL_DIR
-from mosaic.loading import load_pipeline
-from mosaic.lora_io import DEFAULT_WEIGHT_NAME
-from train.synthetic import WorldConfig, generate_sample
+from mosaic_studio import DEFAULT_MODEL_DIR
+from mosaic_studio.mosaic.loading import load_pipeline
+from mosaic_studio.mosaic.lora_io import DEFAULT_WEIGHT_NAME
+from mosaic_studio.world.synthetic import WorldConfig, generate_sample
 
 MAX_BYTES = 30 * 2**20  # the project's size limit for the embedded default, LoRA included
 
 
 def test_default_loads_offline_with_its_lora_and_generates_with_three_references():
-    assert (DEFAULT_MODEL_DIR / DEFAULT_WEIGHT_NAME).is_file(), "rebuild with: python -m train.build_default"
+    assert (DEFAULT_MODEL_DIR / DEFAULT_WEIGHT_NAME).is_file(), "rebuild with: python -m mosaic_studio.train.build_default"
     pipe = load_pipeline(DEFAULT_MODEL_DIR, device="cpu")
     assert "subject" in pipe.transformer.peft_config
     size = 8 * pipe.pixels_per_token

@@ -9,14 +9,15 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
-from train.diversity import FeatureDistance, LpipsDistance, main, mean_pairwise_distance
+from mosaic_studio import DEFAULT_MODEL_DIR
+from mosaic_studio.evaluation.diversity import FeatureDistance, LpipsDistance, main, mean_pairwise_distance
 
 SIZE = 32  # pixels a side: 3 down-block levels of the tiny VAE, fast on a CPU
 
 
 @pytest.fixture(scope="module")
 def vae():
-    return AutoencoderKL.from_pretrained("assets/tiny-flux", subfolder="vae").eval()
+    return AutoencoderKL.from_pretrained(str(DEFAULT_MODEL_DIR), subfolder="vae").eval()
 
 
 @pytest.fixture(scope="module")
@@ -153,5 +154,5 @@ def test_cli_prints_mean_distance(tmp_path, capsys):
     paths = [tmp_path / f"seed{seed}.png" for seed in range(2)]
     for seed, path in enumerate(paths):
         Image.fromarray(noise(seed)).save(path)
-    assert main(["--vae", "assets/tiny-flux", *map(str, paths)]) == 0
+    assert main(["--vae", str(DEFAULT_MODEL_DIR), *map(str, paths)]) == 0
     assert "mean pairwise distance over 2 images" in capsys.readouterr().out

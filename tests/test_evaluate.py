@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train import evaluate as ev
-from train.eval_report import summarise
+from mosaic_studio.evaluation import evaluate as ev
+from mosaic_studio.evaluation.report import summarise
 
 QUICK = ["--cases", "4", "--steps", "2", "--seeds", "2", "--diversity-every", "2", "--threads", "1"]
 
@@ -73,9 +73,9 @@ def test_oracle_scores_the_true_targets_above_chance(tmp_path):
 
 
 def test_published_case_list_gets_clip_and_dino_scores(tmp_path):
-    from mosaic.loading import load_pipeline
-    from train.published_metrics import PublishedScorer
-    from train.tiny_scorer_models import save_tiny_scorer_models
+    from mosaic_studio.mosaic.loading import load_pipeline
+    from mosaic_studio.evaluation.published_metrics import PublishedScorer
+    from mosaic_studio.evaluation.tiny_scorer_models import save_tiny_scorer_models
 
     for name, colour in (("dog", (150, 90, 40)), ("cup", (30, 90, 200))):
         (tmp_path / name).mkdir()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mosaic.images import (
+from mosaic_studio.mosaic.images import (
     BBOX_TOLERANCE,
     MAX_IMAGE_PIXELS,
     MIN_IMAGE_SIDE,

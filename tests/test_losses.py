@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mosaic.losses import (
+from mosaic_studio.mosaic.losses import (
     PROB_FLOOR,
     mdl_loss,
     mdl_loss_batch,

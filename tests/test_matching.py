@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from annotator.matching import (Matches, disjoint, intersect, reference_candidates, sample_each,
+from mosaic_studio.annotator.matching import (Matches, disjoint, intersect, reference_candidates, sample_each,
                                 token_queries)
-from mosaic.semalign import pixel_to_token
+from mosaic_studio.mosaic.data.semalign import pixel_to_token
 
 T = 16  # pixels per token
 

@@ -7,9 +7,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from conftest import add_random_lora
-from mosaic.lora_io import DEFAULT_WEIGHT_NAME
-from mosaic.pipeline import MosaicPipeline
-from mosaic.tiny import TinyFluxConfig, tiny_flux_components
+from mosaic_studio.mosaic.lora_io import DEFAULT_WEIGHT_NAME
+from mosaic_studio.mosaic.pipeline import MosaicPipeline
+from mosaic_studio.mosaic.tiny import TinyFluxConfig, tiny_flux_components
 
 SIZE = 64  # 4x4 target tokens with the 8x VAE
 

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from annotator.evaluate import PckTally
-from annotator.flux_features import FluxRunner
-from annotator.matching import intersect
-from annotator.propose import POINT_INFO, ProposalConfig, ProposalRequest, Proposer, build_proposer
-from annotator.segment import (AttentionSegmenter, SegmentationInput, make_segmenter,
+from mosaic_studio.annotator.pck import PckTally
+from mosaic_studio.annotator.flux_features import FluxRunner
+from mosaic_studio.annotator.matching import intersect
+from mosaic_studio.annotator.propose import POINT_INFO, ProposalConfig, ProposalRequest, Proposer, build_proposer
+from mosaic_studio.annotator.segment import (AttentionSegmenter, SegmentationInput, make_segmenter,
                                masks_from_attention)
-from mosaic.semalign import pixel_to_token, token_grid, validate
-from train.synthetic import WorldConfig, generate_sample
+from mosaic_studio.mosaic.data.semalign import pixel_to_token, token_grid, validate
+from mosaic_studio.world.synthetic import WorldConfig, generate_sample
 
 T = 16
 FLOOR_PAIRS = 4  # held-out samples 0..3: 17 (reference, target) pairs
@@ -34,8 +34,8 @@ def floor_samples():
 
 @pytest.fixture(scope="module")
 def tiny_pipe():
-    from mosaic.pipeline import MosaicPipeline
-    from mosaic.tiny import tiny_flux_components
+    from mosaic_studio.mosaic.pipeline import MosaicPipeline
+    from mosaic_studio.mosaic.tiny import tiny_flux_components
 
     return MosaicPipeline(**tiny_flux_components())
 

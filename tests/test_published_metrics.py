@@ -8,11 +8,11 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-from train.published_metrics import (
+from mosaic_studio.evaluation.published_metrics import (
     DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL, IMAGENET_MEAN, IMAGENET_STD, PublishedScorer, cosine_matrix, dino_pixels,
     mean_cosine,
 )
-from train.tiny_scorer_models import save_tiny_scorer_models
+from mosaic_studio.evaluation.tiny_scorer_models import save_tiny_scorer_models
 
 
 def _np_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

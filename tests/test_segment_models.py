@@ -7,14 +7,14 @@ from transformers import (BertConfig, BertTokenizerFast, Dinov2Config, Dinov2Mod
                           GroundingDinoProcessor, SamConfig, SamMaskDecoderConfig, SamModel,
                           SamProcessor, SamPromptEncoderConfig, SamVisionConfig, SwinConfig)
 
-from annotator.cli import main
-from annotator.features import Dinov2Extractor, SiftExtractor
-from annotator.propose import ProposalConfig, ProposalRequest, Proposer
-from annotator.segment import SegmentationInput, make_segmenter
-from annotator.segment_models import GroundedSamSegmenter, TransformersDetector, assign_by_colour
-from annotator.weights import MissingWeightsError
-from mosaic.semalign import validate
-from train.synthetic import WorldConfig, generate_sample
+from mosaic_studio.annotator.cli import main
+from mosaic_studio.annotator.features import Dinov2Extractor, SiftExtractor
+from mosaic_studio.annotator.propose import ProposalConfig, ProposalRequest, Proposer
+from mosaic_studio.annotator.segment import SegmentationInput, make_segmenter
+from mosaic_studio.annotator.segment_models import GroundedSamSegmenter, TransformersDetector, assign_by_colour
+from mosaic_studio.annotator.weights import MissingWeightsError
+from mosaic_studio.mosaic.data.semalign import validate
+from mosaic_studio.world.synthetic import WorldConfig, generate_sample
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "a", "mug", "vase", "object"]
 
@@ -104,7 +104,7 @@ def test_missing_weights_name_the_model_and_how_to_provide_it(tmp_path):
 
 
 def test_cli_reports_missing_weights_and_offline_backends_still_work(tmp_path, capsys, sample):
-    from mosaic.semalign import save_sample
+    from mosaic_studio.mosaic.data.semalign import save_sample
 
     save_sample(sample, tmp_path / "data" / sample.sample_id)
     absent = str(tmp_path / "no-such-dinov2")

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from mosaic import semalign
-from mosaic.semalign import (
+from mosaic_studio.mosaic.data import semalign
+from mosaic_studio.mosaic.data.semalign import (
     MAX_REFERENCES, Reference, Rule, Sample, SampleError, SemAlignDataset, load_sample, pixel_to_token,
     remove_partial_writes, sample_points, sample_token_pairs, save_sample, token_grid, token_pairs, validate,
 )

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mosaic.semalign import validate
-from mosaic.semalign_subjects200k import (
+from mosaic_studio.mosaic.data.semalign import validate
+from mosaic_studio.mosaic.data.subjects200k import (
     Subjects200KReader, agreeing_cells, annotation_paths, read_pair, subjects200k_uid, split_pair,
 )
 

@@ -14,10 +14,10 @@ import pytest
 
 from conftest import store_dump as dump
 
-from annotator.store import (PointEdit, PointRecord, PointStatus, ReferenceRecord, ReviewStore,
+from mosaic_studio.annotator.store import (PointEdit, PointRecord, PointStatus, ReferenceRecord, ReviewStore,
                              SampleRecord, SampleStatus, VersionConflict)
-from annotator.store_schema import MIGRATIONS
-from annotator.verify import stratum_of
+from mosaic_studio.annotator.store_schema import MIGRATIONS
+from mosaic_studio.annotator.verify import stratum_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -290,7 +290,7 @@ CRASH_POINTS_PER_REF = 200  # large saves: ~400 verdict rows each
 # every write of the save and before COMMIT, and says so; the parent then kills it.
 CHILD = """
 import random, sys, time
-from annotator.store import PointEdit, ReviewStore
+from mosaic_studio.annotator.store import PointEdit, ReviewStore
 
 class StallingStore(ReviewStore):
     def _audit(self, conn, actor, sample_id, action, payload):

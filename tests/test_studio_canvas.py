@@ -3,8 +3,8 @@
 import pytest
 from PIL import Image
 
-from studio.canvas import REFERENCE, TARGET, compose, review_layout, strip_layout
-from studio.drawing import DrawnPair, draw_pairs, nearest_pair, pair_colour
+from mosaic_studio.studio.canvas import REFERENCE, TARGET, compose, review_layout, strip_layout
+from mosaic_studio.studio.drawing import DrawnPair, draw_pairs, nearest_pair, pair_colour
 
 
 @pytest.mark.parametrize("refs", [1, 3, 4, 6])

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from annotator.store import ReviewStore
-from mosaic import DEFAULT_MODEL_DIR
-from mosaic.loading import load_pipeline
-from studio import inspector
-from studio.generation import Request, generate, record_blocks
-from studio.metadata import read_settings
-from studio.proposals import SOURCE, foreground, review_item, subject_point
+from mosaic_studio.annotator.store import ReviewStore
+from mosaic_studio import DEFAULT_MODEL_DIR
+from mosaic_studio.mosaic.loading import load_pipeline
+from mosaic_studio.studio import inspector
+from mosaic_studio.studio.generation import Request, generate, record_blocks
+from mosaic_studio.studio.metadata import read_settings
+from mosaic_studio.studio.proposals import SOURCE, foreground, review_item, subject_point
 from studio_fixtures import FAST, box_file, example_references
 
 

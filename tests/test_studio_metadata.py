@@ -6,10 +6,10 @@ import json
 import pytest
 from PIL import Image
 
-from mosaic import DEFAULT_MODEL_DIR
-from studio.cli import default_store_path, parse_args
-from studio.examples import EXAMPLES_DIR, load_examples
-from studio.metadata import TEXT_KEY, read_settings, save_png
+from mosaic_studio import DEFAULT_MODEL_DIR
+from mosaic_studio.studio.options import default_store_path, parse_args
+from mosaic_studio.studio.examples import EXAMPLES_DIR, load_examples
+from mosaic_studio.studio.metadata import TEXT_KEY, read_settings, save_png
 
 
 def test_png_settings_round_trip(tmp_path):
@@ -63,7 +63,7 @@ def test_space_defaults(monkeypatch, tmp_path):
 
 
 def test_optional_backends_are_never_required(monkeypatch):
-    from studio import background, loading, space
+    from mosaic_studio.studio import background, quantization, space
 
     real = importlib.util.find_spec
     absent = ("bitsandbytes", "rembg")
@@ -75,12 +75,12 @@ def test_optional_backends_are_never_required(monkeypatch):
     with pytest.raises(ValueError, match="pip install rembg"):
         background.remove_background(Image.new("RGB", (32, 32)))
     with pytest.raises(ValueError, match="bitsandbytes"):
-        loading.quantization_config("4bit", "bfloat16")
-    assert loading.quantization_config("none", "bfloat16") is None
+        quantization.quantization_config("4bit", "bfloat16")
+    assert quantization.quantization_config("none", "bfloat16") is None
 
 
 def test_spaces_gpu_is_applied_when_present(monkeypatch):
-    from studio import space
+    from mosaic_studio.studio import space
 
     calls = []
 

@@ -2,9 +2,9 @@
 
 import json
 
-from annotator.records import PointEdit
-from annotator.store import ReviewStore
-from studio.report import EXPORT_FORMAT, export_accepted, report_markdown
+from mosaic_studio.annotator.records import PointEdit
+from mosaic_studio.annotator.store import ReviewStore
+from mosaic_studio.studio.report import EXPORT_FORMAT, export_accepted, report_markdown
 from test_studio_review import sample
 
 

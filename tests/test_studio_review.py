@@ -2,9 +2,9 @@
 
 import pytest
 
-from annotator.records import EditAction, PointRecord, PointStatus, ReferenceRecord, SampleRecord, SampleStatus
-from annotator.store import ReviewStore, VersionConflict
-from studio.review import Draft
+from mosaic_studio.annotator.records import EditAction, PointRecord, PointStatus, ReferenceRecord, SampleRecord, SampleStatus
+from mosaic_studio.annotator.store import ReviewStore, VersionConflict
+from mosaic_studio.studio.review import Draft
 
 
 def sample(sample_id="s1", refs=2, points_per_ref=2) -> SampleRecord:
@@ -64,7 +64,7 @@ def test_step_wraps_over_visible_pairs():
 
 
 def test_saved_draft_changes_the_store_and_a_stale_draft_conflicts(tmp_path):
-    from studio.annotate import Opened, save
+    from mosaic_studio.studio.annotation import Opened, save
 
     path = tmp_path / "store.db"
     with ReviewStore(path) as store:
@@ -86,8 +86,8 @@ def test_saved_draft_changes_the_store_and_a_stale_draft_conflicts(tmp_path):
 
 
 def test_canvas_clicks_select_move_and_add():
-    from studio.annotate import ADD_MODE, SELECT_MODE, Opened, click
-    from studio.canvas import REFERENCE, TARGET, review_layout
+    from mosaic_studio.studio.annotation import ADD_MODE, SELECT_MODE, Opened, click
+    from mosaic_studio.studio.canvas import REFERENCE, TARGET, review_layout
 
     layout = review_layout([(64, 64), (64, 64)], (64, 64))
     opened = Opened(Draft.from_sample(sample()), layout, None, "")

@@ -5,10 +5,10 @@ import time
 import numpy as np
 import pytest
 
-from mosaic.semalign import CATEGORIES, SemAlignDataset, load_sample, save_sample, validate
-from train import synthetic
-from train.shapes import KINDS, identity_split, make_identity, shade
-from train.synthetic import WorldConfig, generate_sample, generate_samples
+from mosaic_studio.mosaic.data.semalign import CATEGORIES, SemAlignDataset, load_sample, save_sample, validate
+from mosaic_studio.world import synthetic
+from mosaic_studio.world.shapes import KINDS, identity_split, make_identity, shade
+from mosaic_studio.world.synthetic import WorldConfig, generate_sample, generate_samples
 
 CONFIG = WorldConfig(target_size=128, ref_size=64)
 SEEDS_CHECKED = 24  # samples whose geometry is re-derived from scratch

@@ -1,4 +1,4 @@
-"""Tests for the tiny FLUX-architecture default pipeline (`mosaic.tiny`, `mosaic.build_tiny`)."""
+"""Tests for the tiny FLUX-architecture default pipeline (`mosaic_studio.mosaic.tiny`, `mosaic_studio.mosaic.build_tiny`)."""
 
 import os
 
@@ -13,13 +13,14 @@ import torch
 from diffusers import FluxPipeline
 from safetensors.torch import load_file
 
-from mosaic.build_tiny import main
-from mosaic.tiny import BUILD_INFO, TinyFluxConfig, build_tiny_pipeline, dir_size, load_vocab, tiny_flux_components
+from mosaic_studio import DEFAULT_MODEL_DIR
+from mosaic_studio.mosaic.build_tiny import main
+from mosaic_studio.mosaic.tiny import BUILD_INFO, TinyFluxConfig, build_tiny_pipeline, dir_size, load_vocab, tiny_flux_components
 
-ASSET = Path(__file__).resolve().parents[1] / "assets" / "tiny-flux"
+ASSET = DEFAULT_MODEL_DIR
 PROMPT = "A red cat, and 2 blue dogs on the grass."
 MODELS = ("vae", "text_encoder", "text_encoder_2", "transformer")
-# The embedded default model (assets/tiny-flux, committed and shipped with the app) may take at most
+# The embedded default model (mosaic_studio/assets/tiny-flux, committed and shipped with the app) may take at most
 # 30 MiB on disk in all, the project's limit: room for the trained default's architecture (about 17 MiB).
 EMBEDDED_DEFAULT_MAX_BYTES = 30 * 2**20
 
@@ -239,7 +240,7 @@ def test_bad_config_names_the_field(overrides, field):
 
 
 def test_committed_asset_loads_offline_and_generates():
-    assert (ASSET / "model_index.json").is_file(), "run: python -m mosaic.build_tiny --out assets/tiny-flux"
+    assert (ASSET / "model_index.json").is_file(), "run: python -m mosaic_studio.mosaic.build_tiny --out mosaic_studio/assets/tiny-flux"
     pipe = _load(ASSET)
     assert pipe.transformer.config.in_channels == 4 * pipe.vae.config.latent_channels
     assert pipe.tokenizer(PROMPT).input_ids[-1] == pipe.text_encoder.config.eos_token_id

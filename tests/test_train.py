@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from mosaic.semalign import pixel_to_token
-from mosaic.tiny import TinyFluxConfig, build_tiny_pipeline
-from train.config import DataConfig, load_config
-from train.data import BatchSource
-from train.trainer import NonFiniteLoss, checkpoints, train
+from mosaic_studio.mosaic.data.semalign import pixel_to_token
+from mosaic_studio.mosaic.tiny import TinyFluxConfig, build_tiny_pipeline
+from mosaic_studio.train.config import DataConfig, load_config
+from mosaic_studio.train.data import BatchSource
+from mosaic_studio.train.trainer import NonFiniteLoss, checkpoints, train
 
 TINY = TinyFluxConfig(vae_block_out_channels=(16, 32, 64))  # 4x VAE: 8 px per token
 FAST = ["data.target_size=64", "data.ref_size=32", "data.max_subjects=3", "optim.batch_size=2",
@@ -64,9 +64,9 @@ def test_batches_are_deterministic_and_correspondences_index_the_right_tokens():
 
 @pytest.mark.parametrize("stage_name, lr", [("base", 3e-3), ("lora", 2e-2)])
 def test_a_few_steps_on_a_fixed_batch_reduce_the_loss(stage_name, lr):
-    from mosaic.pipeline import MosaicPipeline
-    from mosaic.tiny import tiny_flux_components
-    from train.stages import STAGE_CLASSES
+    from mosaic_studio.mosaic.pipeline import MosaicPipeline
+    from mosaic_studio.mosaic.tiny import tiny_flux_components
+    from mosaic_studio.train.stages import STAGE_CLASSES
 
     config = load_config(None, [*FAST, f"stage={stage_name}", "data.caption_drop=0", "model.lora_rank=8"])
     pipe = MosaicPipeline(**tiny_flux_components(TINY, seed=0))
@@ -97,7 +97,7 @@ def test_resume_continues_the_uninterrupted_loss_trajectory(tiny_dir, tmp_path, 
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dir, tmp_path, monkeypatch):
-    from train import stages
+    from mosaic_studio.train import stages
 
     real = stages.BaseStage.loss
 
@@ -115,8 +115,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dir, tmp_
 
 
 def test_a_semalign_ms_folder_feeds_the_same_batches(tmp_path):
-    from mosaic.semalign import save_sample
-    from train.synthetic import WorldConfig, generate_sample
+    from mosaic_studio.mosaic.data.semalign import save_sample
+    from mosaic_studio.world.synthetic import WorldConfig, generate_sample
 
     world = WorldConfig(target_size=96, ref_size=48, token_size=8, min_subjects=2, max_subjects=2)
     for i in range(3):

@@ -7,7 +7,7 @@ import torch
 from inputs import random_batch
 
 from conftest import add_random_lora, make_transformer
-from mosaic.transformer import mosaic_forward, reference_position_ids
+from mosaic_studio.mosaic.transformer import mosaic_forward, reference_position_ids
 
 
 @pytest.mark.parametrize("guidance_embeds", [False, True])

@@ -5,10 +5,10 @@ from collections import Counter
 
 import pytest
 
-from annotator.cli import main
-from annotator.records import PointRecord, ReferenceRecord, SampleRecord
-from annotator.store import ReviewStore
-from annotator.verify import (VerdictRow, cohens_kappa, error_report, observed_agreement,
+from mosaic_studio.annotator.cli import main
+from mosaic_studio.annotator.records import PointRecord, ReferenceRecord, SampleRecord
+from mosaic_studio.annotator.store import ReviewStore
+from mosaic_studio.annotator.verify import (VerdictRow, cohens_kappa, error_report, observed_agreement,
                               sample_size, stratified_sample, stratum_from_text, stratum_of,
                               stratum_to_text, wilson_interval)
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from train.metrics import attention_pck
-from train.shapes import MAIN, make_identity, shade
-from train.synthetic import _pixel_centres, _reference, _to_local
-from train.world_metrics import SCALES, chance_fidelity, subject_scores
+from mosaic_studio.evaluation.metrics import attention_pck
+from mosaic_studio.world.shapes import MAIN, make_identity, shade
+from mosaic_studio.world.synthetic import _pixel_centres, _reference, _to_local
+from mosaic_studio.evaluation.world_metrics import SCALES, chance_fidelity, subject_scores
 
 SIDE = 128
 BACKGROUND = (214, 204, 190)

@@ -1,0 +1,125 @@
+"""Batch proposal over a data folder: resumable, sharded by rank, with a progress bar.
+
+Input: a folder of sample folders, each either a SemAlign-MS sample (sample.json, as written by
+mosaic.semalign or train.synthetic; its masks serve the ground-truth segmenter) or a request
+without masks or correspondences, `request.json`:
+
+    {"caption": "a mug and a dog", "target": "target.png",
+     "references": [{"image": "ref_0.png", "category": "object", "label": "mug"}, ...]}
+
+optionally with per reference "mask" (a PNG of the target's size), "attention" (a .npy of
+shape (K, rows, cols) from a generation's attention record) and "meta". A folder's name is its
+sample id.
+
+Output: one SemAlign-MS sample folder per input, written atomically, plus `proposal.json` (the
+settings; a resumed run must use the same). A finished sample is never redone, so a run can be
+interrupted and restarted. Sample i goes to rank i % world_size (RANK / WORLD_SIZE from the
+environment by default, as `accelerate launch` and torchrun set them).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from mosaic_studio.annotator.propose import ProposalConfig, ProposalRequest, Proposer
+from mosaic_studio.mosaic.images import flatten_alpha, load_image
+from mosaic_studio.mosaic.data.semalign import (MASK_THRESHOLD, PARTIAL_PREFIX, SAMPLE_JSON, check_manifest, load_sample,
+                             save_sample)
+
+REQUEST_JSON = "request.json"
+MANIFEST = "proposal.json"
+
+
+def input_dirs(data: Path) -> list[Path]:
+    """Sample or request folders under `data`, sorted by name (dot-folders skipped)."""
+    if not data.is_dir():
+        raise FileNotFoundError(f"no data folder at {data}")
+    return sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and ((p / SAMPLE_JSON).is_file() or (p / REQUEST_JSON).is_file()))
+
+
+def shard(items: list, rank: int, world_size: int) -> list:
+    """This rank's share: every world_size-th item starting at `rank`."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world size {world_size}")
+    return items[rank::world_size]
+
+
+def _rgb(path: Path, what: str) -> np.ndarray:
+    return np.array(flatten_alpha(load_image(path, name=what)))  # ValueError if unreadable
+
+
+def _mask(path: Path, what: str) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("L")) > MASK_THRESHOLD
+    except OSError as error:
+        raise ValueError(f"{what} file '{path}' is not a readable image ({error})") from None
+
+
+def read_request(folder: Path) -> ProposalRequest:
+    """A ProposalRequest from a SemAlign-MS sample folder or a request.json folder."""
+    if (folder / SAMPLE_JSON).is_file():
+        return ProposalRequest.from_sample(load_sample(folder))
+    try:
+        doc = json.loads((folder / REQUEST_JSON).read_text(encoding="utf-8"))
+        sid = folder.name
+        entries = doc["references"]
+        target = _rgb(folder / doc["target"], f"sample {sid!r}: target")
+        references = [_rgb(folder / e["image"], f"sample {sid!r}: reference {k}")
+                      for k, e in enumerate(entries)]
+        masks = None
+        if all("mask" in e for e in entries):
+            masks = [_mask(folder / e["mask"], f"sample {sid!r}: mask {k}") for k, e in enumerate(entries)]
+        attention = np.load(folder / doc["attention"]) if "attention" in doc else None
+        return ProposalRequest(sid, target, doc.get("caption", ""), references,
+                               [e["category"] for e in entries], [e.get("label", "") for e in entries],
+                               masks, attention=attention, meta=doc.get("meta", {}))
+    except (KeyError, TypeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{folder / REQUEST_JSON}: malformed request ({type(error).__name__}: "
+                         f"{error})") from error
+
+
+def _remove_own_partials(out: Path, names: list[str]) -> None:
+    """Leftovers of this rank's interrupted writes (never another rank's work in progress)."""
+    for name in names:
+        for stale in out.glob(f"{PARTIAL_PREFIX}{name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def run_proposals(data: Path, out: Path, proposer: Proposer, manifest: dict, rank: int = 0,
+                  world_size: int = 1, on_error: str = "stop",
+                  report: Callable[[str], None] = print) -> tuple[int, int, int]:
+    """Propose every unfinished sample of this rank's shard; (done, skipped, failed) counts."""
+    from tqdm import tqdm
+
+    mine = shard(input_dirs(data), rank, world_size)
+    out.mkdir(parents=True, exist_ok=True)
+    check_manifest(out / MANIFEST, manifest)
+    _remove_own_partials(out, [folder.name for folder in mine])
+    todo = [folder for folder in mine if not (out / folder.name / SAMPLE_JSON).is_file()]
+    report(f"rank {rank}/{world_size}: {len(mine)} samples, {len(mine) - len(todo)} already "
+           f"proposed, {len(todo)} to do")
+    done = failed = 0
+    for folder in tqdm(todo, desc=f"propose [{rank}]", unit="sample", position=rank):
+        try:
+            sample = proposer.propose(read_request(folder))
+            save_sample(sample, out / folder.name, token_size=proposer.config.token_size)
+            done += 1
+        except (ValueError, FileNotFoundError) as error:
+            if on_error == "stop":
+                raise
+            failed += 1
+            tqdm.write(f"skipped {folder.name}: {error}")
+    return done, len(mine) - len(todo), failed
+
+
+def manifest_of(config: ProposalConfig, model: str | None, options: dict) -> dict:
+    return {"config": asdict(config) | {"extractors": list(config.extractors)},
+            "model": model, "options": options}

@@ -1,0 +1,198 @@
+"""The loss ablation (paper Table 4) and the P_k sweep (paper Fig. 6) on the synthetic world:
+
+    python -m mosaic_studio.experiments.ablate                       # train every variant, evaluate, write docs/ABLATION.md
+    python -m mosaic_studio.experiments.ablate --phase train         # only the LoRAs (resumable: rerun after a stop)
+    python -m mosaic_studio.experiments.ablate --phase evaluate      # evaluate (resumable) and write the report
+    python -m mosaic_studio.experiments.ablate --no-sweep --steps 100 --cases 24 --runs runs/ablation-quick   # a quick look
+
+Every variant is the default LoRA stage (mosaic_studio/train/configs/default_lora.yaml) from the same base
+(the embedded default's transformer, its LoRA ignored), the same world seed (so the same
+batches, noise and LoRA init) and the same number of steps; only the loss weights (α, β) or
+P_k differ. Each variant trains in its own process (`--jobs` at a time, one torch thread
+each), checkpoints under `<runs>/<variant>` and resumes where it stopped; a finished variant is
+skipped. Evaluation (mosaic_studio/evaluation/evaluate.py) runs every variant on the same held-out cases and
+seeds; the report compares them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from mosaic_studio import DEFAULT_MODEL_DIR
+from mosaic_studio.train.config import CONFIGS_DIR
+
+LORA_CONFIG = CONFIGS_DIR / "default_lora.yaml"
+PAPER_ALPHA, PAPER_BETA, PAPER_POINTS = 0.4, 0.6, 150
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    alpha: float  # SCAL weight
+    beta: float  # MDL weight
+    points: int = PAPER_POINTS  # P_k
+
+    def overrides(self) -> list[str]:
+        return [f"loss.alpha={self.alpha}", f"loss.beta={self.beta}", f"loss.points_per_reference={self.points}"]
+
+
+# Table 4's rows: the LoRA with the diffusion loss alone, then each loss added, then both.
+LOSS_VARIANTS = (
+    Variant("none", 0.0, 0.0),
+    Variant("scal", PAPER_ALPHA, 0.0),
+    Variant("mdl", 0.0, PAPER_BETA),
+    Variant("both", PAPER_ALPHA, PAPER_BETA),
+)
+# Fig. 6: both losses with fewer or more points per reference ("both" is the P_k = 150 point).
+SWEEP_POINTS = (50, 100, 200)
+
+
+def sweep_variants(points=SWEEP_POINTS) -> tuple[Variant, ...]:
+    return tuple(Variant(f"both_p{p}", PAPER_ALPHA, PAPER_BETA, p) for p in points)
+
+
+def run_dir(runs: Path, variant: Variant) -> Path:
+    return runs / variant.name
+
+
+def is_trained(runs: Path, variant: Variant) -> bool:
+    return (run_dir(runs, variant) / "pipeline" / "mosaic_lora.safetensors").is_file()
+
+
+def train_variant(variant: Variant, runs: Path, base: str, steps: int, seed: int, overrides=()) -> float:
+    """Train one variant in a child process (one torch thread); returns wall minutes."""
+    if is_trained(runs, variant):
+        return 0.0
+    command = [sys.executable, "-m", "mosaic_studio.train", "--config", str(LORA_CONFIG), *variant.overrides(),
+               f"model.pretrained={base}", f"run.output_dir={run_dir(runs, variant)}", f"data.seed={seed}",
+               f"optim.max_steps={steps}", "run.max_minutes=0", "run.threads=1", *overrides]  # fmt: skip
+    return run_job(command, run_dir(runs, variant).with_suffix(".out"), f"training variant {variant.name!r}")
+
+
+def run_job(command: list[str], log: Path, what: str) -> float:
+    """Run a child process with one OpenMP thread, output appended to `log`; returns wall
+    minutes. One thread per process: on a shared CPU, spinning threads of parallel jobs slow
+    each other."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    began = time.monotonic()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as stream:
+        result = subprocess.run(command, env=env, stdout=stream, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {result.returncode}); see {log}")
+    return (time.monotonic() - began) / 60
+
+
+def train_all(variants, runs: Path, base: str, steps: int, seed: int, jobs: int, overrides=()) -> None:
+    began = time.time()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for variant, minutes in zip(variants, pool.map(lambda v: train_variant(v, runs, base, steps, seed, overrides), variants)):
+            _add_minutes(runs / variant.name / "train_minutes.txt", minutes)
+    _log_phase(runs, "train", began, [v.name for v in variants])
+
+
+def _add_minutes(path: Path, minutes: float) -> None:
+    """Per-job wall minutes in the job's own file: jobs that run in parallel, or in separate
+    invocations, never write the same file. A resumed job adds to what it already spent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{(float(path.read_text()) if path.exists() else 0.0) + minutes:.3f}\n")
+
+
+def _log_phase(runs: Path, phase: str, began: float, names: list[str]) -> None:
+    """One line per invocation with its wall-clock start and end (epoch seconds): invocations
+    may overlap, so the ablation's wall time is the span from the first start to the last end."""
+    end = time.time()
+    line = {"phase": phase, "start": round(began, 1), "end": round(end, 1), "minutes": round((end - began) / 60, 3), "jobs": names}
+    with (runs / "phases.jsonl").open("a") as stream:  # one short append per invocation
+        stream.write(json.dumps(line) + "\n")
+
+
+def collect_timings(runs: Path) -> dict:
+    """{"train": {variant: min}, "evaluate": {row: min}, "phases": [{"phase", "minutes", "jobs"}]}."""
+    timings: dict = {"train": {}, "evaluate": {}}
+    for kind, file in (("train", "train_minutes.txt"), ("evaluate", "eval_minutes.txt")):
+        for path in sorted(runs.glob(f"*/{file}")):
+            timings[kind][path.parent.name] = float(path.read_text())
+    phases = runs / "phases.jsonl"
+    timings["phases"] = [json.loads(line) for line in phases.read_text().splitlines()] if phases.exists() else []
+    return timings
+
+
+def evaluate_variant(name: str, model: str, runs: Path, cases: int, extra: list[str] = ()) -> float:
+    """Evaluate one pipeline folder in a child process (one torch thread); returns wall minutes.
+    Resumes a stopped evaluation; a finished one is skipped."""
+    out = runs / name / "eval"
+    if (out / "evaluation.json").is_file():
+        return 0.0
+    command = [sys.executable, "-m", "mosaic_studio.evaluation.evaluate", "--model", model, "--out", str(out), "--name", name,
+               "--cases", str(cases), "--threads", "1", *extra]  # fmt: skip
+    return run_job(command, runs / f"{name}.eval.out", f"evaluating {name!r}")
+
+
+def evaluation_jobs(variants, runs: Path, base: str, sweep_cases: int = 0) -> list[tuple[str, str, list[str]]]:
+    """(name, model, extra args): every trained variant, the base without any LoRA, and the
+    oracle (the metrics on the true targets: their ceiling on this world)."""
+    # The sweep's rows skip the diversity generations (Fig. 6 is about fidelity and
+    # correspondence) and may run the first `sweep_cases` cases only; the report compares them
+    # with "both" (P_k = 150) on those same cases.
+    sweep = ["--diversity-every", "0", *(["--cases", str(sweep_cases)] if sweep_cases else [])]
+    trained = [(v.name, str(run_dir(runs, v) / "pipeline"), sweep if v not in LOSS_VARIANTS else []) for v in variants]
+    return [("oracle", base, ["--oracle"]), *trained, ("base", base, ["--lora", "none"])]
+
+
+def evaluate_all(jobs, runs: Path, cases: int, workers: int, extra=()) -> None:
+    began = time.time()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for job, minutes in zip(jobs, pool.map(lambda j: evaluate_variant(j[0], j[1], runs, cases, [*j[2], *extra]), jobs)):
+            _add_minutes(runs / job[0] / "eval_minutes.txt", minutes)
+    _log_phase(runs, "evaluate", began, [j[0] for j in jobs])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default=str(DEFAULT_MODEL_DIR), help="pipeline folder whose transformer is the frozen base")
+    parser.add_argument("--runs", default="runs/ablation")
+    parser.add_argument("--out", default="docs", help="where ABLATION.md and docs/ablation/ go")
+    parser.add_argument("--steps", type=int, default=500, help="LoRA steps per variant (equal budgets)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=2, help="variants trained or evaluated at once")
+    parser.add_argument("--cases", type=int, default=204, help="held-out cases per variant (spread over 1-6 subjects)")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the P_k sweep")
+    parser.add_argument("--sweep-cases", type=int, default=102, help="cases per P_k sweep row (0 = --cases)")
+    parser.add_argument("--sweep-points", type=lambda text: tuple(int(p) for p in text.split(",")), default=SWEEP_POINTS,
+                        help="P_k values of the sweep besides 150, comma-separated (default 50,100,200)")
+    parser.add_argument("--phase", choices=("train", "evaluate", "all"), default="all")
+    parser.add_argument("--evaluate-args", default="", help="extra train.evaluate options, e.g. '--steps 20'")
+    parser.add_argument("overrides", nargs="*", help="training config overrides for every variant, e.g. optim.batch_size=4")
+    parser.add_argument("--only", help="evaluate only these comma-separated rows (no report), e.g. oracle,none")
+    args = parser.parse_args(argv)
+    runs = Path(args.runs)
+    variants = LOSS_VARIANTS + (() if args.no_sweep else sweep_variants(args.sweep_points))
+    if args.phase in ("train", "all"):
+        train_all(variants, runs, args.base, args.steps, args.seed, args.jobs, args.overrides)
+    if args.phase in ("evaluate", "all"):
+        jobs = evaluation_jobs(variants, runs, args.base, args.sweep_cases)
+        if args.only:
+            jobs = [j for j in jobs if j[0] in args.only.split(",")]
+        missing = [v.name for v in variants if not is_trained(runs, v) and any(j[0] == v.name for j in jobs)]
+        if missing:
+            raise SystemExit(f"not trained yet: {', '.join(missing)}; run --phase train first")
+        evaluate_all(jobs, runs, args.cases, args.jobs, shlex.split(args.evaluate_args))
+        if not args.only:
+            from mosaic_studio.experiments.ablation_report import write_report
+
+            print(f"report: {write_report(runs, Path(args.out), variants, args.base)}")
+    print(json.dumps(collect_timings(runs), indent=2))
+
+
+if __name__ == "__main__":
+    main()

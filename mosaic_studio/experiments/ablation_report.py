@@ -1,0 +1,227 @@
+"""The ablation's results, from the evaluations under <runs>/<row>/eval (mosaic_studio/experiments/ablate.py):
+
+    <out>/ablation/RESULTS.md            tables: Table-4 analogue, per subject count, paired
+                                         differences against "none" with 95% bootstrap intervals,
+                                         the P_k sweep, wall times
+    <out>/ablation/summary.json          every row's summary and the timings
+    <out>/ablation/metrics_vs_subjects.png, pk_sweep.png, training_losses.png, attention.png,
+                                         generations.png
+    <out>/ablation/logs/<variant>.csv    each variant's training log
+    <out>/ablation/records/<row>.jsonl.gz  every case's metrics, per row
+
+Differences are paired: every row ran the same cases with the same generation seeds, so the
+interval is over cases of the per-case difference (BOOTSTRAP resamples, fixed seed).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from mosaic_studio.experiments.ablate import collect_timings  # noqa: E402
+from mosaic_studio.evaluation.report import METRICS, markdown_by_subjects, markdown_table, plot_by_subjects, summarise  # noqa: E402
+
+BOOTSTRAP = 2000
+COMPARED = ("fidelity", "fidelity_gain", "presence", "leakage", "adherence", "pck", "diversity")
+BY_SUBJECTS = ("fidelity_gain", "presence", "leakage", "pck")
+SWEPT = ("fidelity_gain", "presence", "leakage", "pck")
+ATTENTION_CASE = 2  # held-out case index shown in attention.png (3 subjects)
+
+
+def evaluated(runs: Path, name: str) -> bool:
+    return (runs / name / "eval" / "evaluation.json").is_file()
+
+
+def load_evaluation(runs: Path, name: str) -> dict:
+    path = runs / name / "eval" / "evaluation.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no evaluation for {name!r} ({path}); run python -m mosaic_studio.experiments.ablate --phase evaluate")
+    return json.loads(path.read_text())
+
+
+def paired_difference(a: list[dict], b: list[dict], metric: str, seed: int = 0) -> dict | None:
+    """Mean of a − b over cases where both define `metric`, with a 95% bootstrap interval."""
+    pairs = [(x[metric], y[metric]) for x, y in zip(a, b) if x.get(metric) is not None and y.get(metric) is not None]
+    if len(pairs) < 2:
+        return None
+    diff = np.array([x - y for x, y in pairs])
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (BOOTSTRAP, len(diff)))].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return {"mean": float(diff.mean()), "low": float(low), "high": float(high), "n": len(diff)}
+
+
+def differences_table(evaluations: dict[str, dict], baseline: str, rows: list[str]) -> str:
+    metrics = [m for m in COMPARED if m in evaluations[baseline]["summary"]["overall"]]
+    lines = [f"| vs {baseline} | " + " | ".join(METRICS[m][0] for m in metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for name in rows:
+        cells = []
+        for metric in metrics:
+            d = paired_difference(evaluations[name]["records"], evaluations[baseline]["records"], metric)
+            cells.append("–" if d is None else f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_training(runs: Path, names: list[str], path: Path) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.3))
+    for i, name in enumerate(names):  # one colour per variant in every panel, even where it is absent
+        rows = list(csv.DictReader((runs / name / "log.csv").open()))
+        steps = np.array([int(r["step"]) for r in rows])
+        for ax, column in zip(axes, ("diffusion", "scal", "mdl")):
+            values = np.array([float(r[column]) for r in rows])
+            if not values.any():
+                continue  # α = β = 0: the probe never ran, so there is nothing to plot
+            window = max(1, len(values) // 15)
+            ax.plot(steps[window - 1 :], np.convolve(values, np.ones(window) / window, mode="valid"), label=name, color=f"C{i}")
+    for ax, column in zip(axes, ("diffusion loss", "SCAL (logged wherever the probe runs, even at α = 0)", "MDL (idem, even at β = 0)")):
+        ax.set_title(column, fontsize=9)
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_sweep(evaluations: dict[str, dict], points: dict[str, int], path: Path) -> None:
+    names = sorted(points, key=points.get)
+    fig, axes = plt.subplots(1, len(SWEPT), figsize=(3.4 * len(SWEPT), 2.9))
+    for ax, metric in zip(axes, SWEPT):
+        ax.plot([points[n] for n in names], [evaluations[n]["summary"]["overall"][metric]["mean"] for n in names], marker="o")
+        ax.set_title(METRICS[metric][0], fontsize=9)
+        ax.set_xlabel("P_k (points per reference)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_generations(runs: Path, rows: list[str], path: Path, cases: tuple[int, ...] = (0, 1, 2, 3, 4, 5)) -> None:
+    """The same held-out cases (one per subject count) as each row generated them; the oracle
+    row's images are the true targets."""
+    fig, axes = plt.subplots(len(rows), len(cases), figsize=(1.6 * len(cases), 1.6 * len(rows)), squeeze=False)
+    for r, name in enumerate(rows):
+        records = load_evaluation(runs, name)["records"]
+        for c, case in enumerate(cases):
+            ax = axes[r, c]
+            if case < len(records):
+                ax.imshow(plt.imread(runs / name / "eval" / records[case]["image"]))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"{case % 6 + 1} subject{'s' if case % 6 else ''}", fontsize=8)
+        axes[r, 0].set_ylabel("true target" if name == "oracle" else name, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def plot_attention(models: dict[str, str], path: Path) -> None:
+    """For one held-out 3-subject case, the probe's attention row (t = 0.5) of one point per
+    reference, under each model: where that reference point looks in the target."""
+    from mosaic_studio.mosaic.loading import load_pipeline
+    from mosaic_studio.train.data import collate
+    from mosaic_studio.evaluation.evaluate import EVAL_SEED, heldout_sample, probe_rows
+
+    sample = heldout_sample(ATTENTION_CASE, 3)
+    k = len(sample.references)
+    fig, axes = plt.subplots(len(models), k + 1, figsize=(2.1 * (k + 1), 2.1 * len(models)), squeeze=False)
+    for row, (name, (model, lora)) in enumerate(models.items()):
+        pipe = load_pipeline(model, lora=lora, device="cpu")
+        token = pipe.pixels_per_token
+        batch = collate([sample], [sample.caption], 1, token, np.random.default_rng(EVAL_SEED))
+        attention = probe_rows(pipe, batch, 0.5)[0]  # (K, N_tgt): one point per reference
+        side = sample.target.shape[0] // token
+        axes[row, 0].imshow(sample.target)
+        axes[row, 0].set_ylabel(name, fontsize=9)
+        for j in range(k):
+            ax = axes[row, j + 1]
+            ax.imshow(sample.target, alpha=0.5)
+            heat = attention[j].reshape(side, side).float().numpy()
+            ax.imshow(heat, cmap="magma", alpha=0.6, extent=(0, sample.target.shape[1], sample.target.shape[0], 0))
+            true = int(batch.tgt_index[0, j])
+            ax.scatter([(true % side + 0.5) * token], [(true // side + 0.5) * token], marker="x", c="cyan", s=40)
+            if row == 0:
+                ax.set_title(f"reference {j + 1} point", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"probe attention at t=0.5, x = true point; case: {sample.caption}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def wall_table(timings: dict) -> str:
+    """Per-job minutes (each job ran on one torch thread, `--jobs` at a time) and each
+    invocation's wall time."""
+    lines = ["| job | train | evaluate |", "|---|---|---|"]
+    for name in dict.fromkeys([*timings["train"], *timings["evaluate"]]):
+        cells = [timings[k].get(name) for k in ("train", "evaluate")]
+        lines.append(f"| {name} | " + " | ".join("–" if c is None else f"{c:.1f}" for c in cells) + " |")
+    phases = timings["phases"]
+    lines += ["", "| invocation | wall minutes | jobs |", "|---|---|---|"]
+    lines += [f"| {p['phase']} | {p['minutes']:.1f} | {', '.join(p['jobs'])} |" for p in phases]
+    timed = [p for p in phases if "start" in p]
+    span = (max(p["end"] for p in timed) - min(p["start"] for p in timed)) / 60 if timed else 0.0
+    return "\n".join(lines + [f"| **all invocations, first start to last end** | **{span:.1f}** | |"])
+
+
+def write_report(runs: Path, out: Path, variants, base: str) -> Path:
+    """Write <out>/ablation/ (see the module docstring); returns RESULTS.md's path."""
+    folder = out / "ablation"
+    (folder / "logs").mkdir(parents=True, exist_ok=True)
+    loss_rows = [v.name for v in variants if not v.name.startswith("both_p")]
+    names = ["oracle", *loss_rows]  # required; the base and sweep rows are reported when evaluated
+    names += [n for n in ["base", *(v.name for v in variants if v.name not in loss_rows)] if evaluated(runs, n)]
+    evaluations = {name: load_evaluation(runs, name) for name in names}
+    summaries = {name: evaluations[name]["summary"] for name in names}
+    sweep = {v.name: v.points for v in variants if v.name in names and (v.name.startswith("both_p") or v.name == "both")}
+    for v in variants:
+        shutil.copyfile(runs / v.name / "log.csv", folder / "logs" / f"{v.name}.csv")
+    (folder / "records").mkdir(exist_ok=True)
+    for name in names:  # every case's metrics, small enough to commit (mtime=0: same bytes each run)
+        data = (runs / name / "eval" / "records.jsonl").read_bytes()
+        (folder / "records" / f"{name}.jsonl.gz").write_bytes(gzip.compress(data, mtime=0))
+    timings = collect_timings(runs)
+
+    table_rows = [n for n in ["base", *loss_rows, "oracle"] if n in names]
+    plot_by_subjects({n: summaries[n] for n in table_rows}, folder / "metrics_vs_subjects.png",
+                     [m for m in COMPARED if m in summaries["none"]["overall"]], "loss ablation on held-out synthetic cases")  # fmt: skip
+    plot_training(runs, [v.name for v in variants if v.name in loss_rows], folder / "training_losses.png")
+    plot_attention({"base": (base, None)} | {n: (str(runs / n / "pipeline"), "auto") for n in loss_rows}, folder / "attention.png")
+    plot_generations(runs, table_rows, folder / "generations.png")
+    parts = [
+        "# Ablation results (generated by `python -m mosaic_studio.experiments.ablate`; do not edit)\n",
+        f"{summaries['none']['cases']} held-out cases per row; same cases and seeds for every row.\n",
+        "## Table 4 analogue\n", markdown_table({n: summaries[n] for n in table_rows}), "",
+        "## Paired differences against the LoRA trained without SCAL and MDL (95% bootstrap interval)\n",
+        differences_table(evaluations, "none", [n for n in table_rows if n not in ("none", "oracle")]), "",
+        "## By number of subjects\n",
+        *[markdown_by_subjects({n: summaries[n] for n in table_rows}, m) + "\n" for m in BY_SUBJECTS],
+    ]
+    if len(sweep) > 1:
+        # Sweep rows may cover fewer cases: every row is summarised on the cases all of them ran.
+        common = min(len(evaluations[n]["records"]) for n in sweep)
+        swept = {n: {**evaluations[n], "summary": summarise(evaluations[n]["records"][:common])} for n in sweep}
+        plot_sweep(swept, sweep, folder / "pk_sweep.png")
+        ordered = sorted(sweep, key=sweep.get)
+        parts += ["## P_k sweep (both losses)\n", f"The first {common} cases, the same for every row.\n",
+                  markdown_table({f"P_k={sweep[n]}": swept[n]["summary"] for n in ordered}, list(SWEPT)), "",
+                  differences_table(swept, "both", [n for n in ordered if n != "both"]), ""]  # fmt: skip
+    parts += ["## Wall time (minutes)\n", wall_table(timings), ""]
+    (folder / "summary.json").write_text(json.dumps({"summaries": summaries, "timings": timings}, indent=2))
+    results = folder / "RESULTS.md"
+    results.write_text("\n".join(parts))
+    return results

@@ -1,0 +1,204 @@
+"""`MosaicPipeline`: FLUX text-to-image with 0–6 subject references (MOSAIC).
+
+A diffusers `FluxPipeline` whose denoiser is the multi-branch MOSAIC forward. The same class
+loads FLUX.1-dev (+ the authors' LoRA) and the project's embedded tiny default.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from diffusers.pipelines.flux.pipeline_flux import FluxPipeline, calculate_shift, retrieve_timesteps
+from diffusers.utils import BaseOutput
+
+from mosaic_studio.mosaic.images import load_image, preprocess_reference
+from mosaic_studio.mosaic.lora_io import MosaicLoraMixin
+from mosaic_studio.mosaic.probe import all_double_blocks
+from mosaic_studio.mosaic.record import AttentionRecord, AttentionRecorder
+from mosaic_studio.mosaic.transformer import mosaic_forward, reference_position_ids
+from mosaic_studio.mosaic.validation import check_call_inputs
+
+MAX_REFERENCES = 6  # the official model was trained with up to six references
+OFFICIAL_REFERENCE_SIZE = 512  # references are preprocessed to this size for the official LoRA
+FLUX_MAX_SEQUENCE_LENGTH = 512  # the longest T5 prompt FLUX accepts
+
+
+def default_settings(pipe) -> dict:
+    """Usual generation settings: FLUX.1-dev's (guidance-distilled) or the small default's."""
+    if pipe.transformer.config.guidance_embeds:
+        return {"side": 512, "steps": 28, "guidance": 3.5}
+    return {"side": 256, "steps": 20, "guidance": 3.5}
+
+
+@dataclass
+class MosaicPipelineOutput(BaseOutput):
+    images: Any
+    attention: AttentionRecord | None = None
+
+
+class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
+    """FLUX + MOSAIC multi-reference conditioning. See `__call__`."""
+
+    max_references = MAX_REFERENCES
+
+    @property
+    def pixels_per_token(self) -> int:
+        """Image pixels per latent token side: the VAE factor times FLUX's 2×2 packing."""
+        return self.vae_scale_factor * 2
+
+    def default_reference_size(self, height: int, width: int) -> int:
+        """The output's shorter side, capped at the official 512, rounded to whole tokens."""
+        side = min(height, width, OFFICIAL_REFERENCE_SIZE)
+        return max(self.pixels_per_token, side // self.pixels_per_token * self.pixels_per_token)
+
+    @torch.no_grad()
+    def encode_references(self, references: Sequence, size: int, device, dtype):
+        """Preprocess (SPEC §2) and VAE-encode references.
+
+        Returns tokens (K, N_ref, C), position ids (K·N_ref, 3) and the (rows, cols) token grid.
+        The posterior mean is used so a generation depends only on its seed.
+        """
+        images = [preprocess_reference(ref, size) for ref in references]
+        pixels = self.image_processor.preprocess(images, height=size, width=size).to(device=device, dtype=self.vae.dtype)
+        latents = self.vae.encode(pixels).latent_dist.mode()  # (K, C_lat, h, w)
+        latents = (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+        num_refs, channels, height, width = latents.shape
+        tokens = self._pack_latents(latents, num_refs, channels, height, width).to(dtype)  # (K, N_ref, 4·C_lat)
+        grid = (height // 2, width // 2)
+        ids = reference_position_ids(num_refs, *grid, device=device, dtype=dtype)
+        return tokens, ids, grid
+
+    def _denoise(self, latents, prompt, pooled, text_ids, image_ids, timestep, guidance, refs, ref_ids):
+        return mosaic_forward(
+            self.transformer, latents, prompt, pooled, timestep, image_ids, text_ids,
+            guidance=guidance, references=refs, reference_ids=ref_ids,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] = "",
+        references: Sequence | None = None,
+        height: int = 512,
+        width: int = 512,
+        num_inference_steps: int = 28,
+        guidance_scale: float = 3.5,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_images_per_prompt: int = 1,
+        output_type: str = "pil",
+        record_attention: bool = False,
+        callback_on_step_end: Callable[..., dict] | None = None,
+        *,
+        negative_prompt: str = "",
+        reference_size: int | None = None,
+        attention_blocks: Sequence[str] | None = None,
+        attention_steps: tuple[int, int] | None = None,
+        max_sequence_length: int | None = None,
+    ) -> MosaicPipelineOutput:
+        """Generate images containing every referenced subject.
+
+        guidance_scale is embedded guidance for guidance-distilled models (FLUX.1-dev) and
+        classifier-free guidance otherwise (uncond = `negative_prompt` with the same
+        references; ≤ 1 disables it). record_attention keeps, per reference, its
+        (N_ref × N_tgt) map averaged over heads, `attention_blocks` (default: every double
+        block) and `attention_steps` = [start, end) (default: all steps).
+        """
+        # 1. Check inputs (references are decoded here so a bad upload fails before any work)
+        if references is not None and not isinstance(references, (list, tuple)):
+            raise TypeError(f"references must be a list of images, got {type(references).__name__}")
+        references = [load_image(ref, name=f"reference {i + 1}") for i, ref in enumerate(references or [])]
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        reference_size = reference_size or self.default_reference_size(height, width)
+        attention_steps = attention_steps or (0, num_inference_steps)
+        # T5 pads every prompt to this length; FLUX's 512 is wasted on a tokenizer that stops earlier
+        max_sequence_length = max_sequence_length or min(FLUX_MAX_SEQUENCE_LENGTH, self.tokenizer_2.model_max_length)
+        check_call_inputs(
+            self, prompts, references, height, width, reference_size, num_inference_steps,
+            num_images_per_prompt, output_type, attention_steps, callback_on_step_end,
+        )  # fmt: skip
+        device = self._execution_device
+        batch = len(prompts) * num_images_per_prompt
+        embedded_guidance = bool(self.transformer.config.guidance_embeds)
+        do_cfg = not embedded_guidance and guidance_scale > 1.0
+
+        # 2. Encode prompts (and the unconditional prompt for classifier-free guidance)
+        prompt_embeds, pooled, text_ids = self.encode_prompt(
+            prompt=prompts, prompt_2=None, device=device,
+            num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length,
+        )  # fmt: skip
+        if do_cfg:
+            neg_embeds, neg_pooled, neg_text_ids = self.encode_prompt(
+                prompt=[negative_prompt] * len(prompts), prompt_2=None, device=device,
+                num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length,
+            )  # fmt: skip
+        dtype = prompt_embeds.dtype
+
+        # 3. Encode references
+        refs = ref_ids = None
+        ref_grid = (0, 0)
+        if references:
+            tokens, ref_ids, ref_grid = self.encode_references(references, reference_size, device, dtype)
+            refs = tokens.unsqueeze(0).expand(batch, -1, -1, -1)  # (B, K, N_ref, C)
+
+        # 4. Prepare latents and timesteps
+        num_channels_latents = self.transformer.config.in_channels // 4
+        latents, image_ids = self.prepare_latents(
+            batch, num_channels_latents, height, width, dtype, device, generator
+        )
+        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+        mu = calculate_shift(
+            latents.shape[1],
+            self.scheduler.config.get("base_image_seq_len", 256),
+            self.scheduler.config.get("max_image_seq_len", 4096),
+            self.scheduler.config.get("base_shift", 0.5),
+            self.scheduler.config.get("max_shift", 1.15),
+        )
+        timesteps, num_inference_steps = retrieve_timesteps(
+            self.scheduler, num_inference_steps, device, sigmas=sigmas, mu=mu
+        )
+        self.scheduler.set_begin_index(0)
+        guidance = torch.full((batch,), guidance_scale, device=device, dtype=torch.float32) if embedded_guidance else None
+
+        # 5. Attention recording
+        recorder = None
+        if record_attention and references:
+            blocks = list(attention_blocks) if attention_blocks else all_double_blocks(self.transformer)
+            recorder = AttentionRecorder(self.transformer, blocks, attention_steps)
+
+        # 6. Denoising loop
+        self._num_timesteps = len(timesteps)
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                timestep = (t.expand(batch) / 1000).to(latents.dtype)
+                recording = recorder.attached() if recorder is not None and recorder.wants(i) else nullcontext()
+                with recording:  # only the conditional pass is recorded
+                    flow = self._denoise(latents, prompt_embeds, pooled, text_ids, image_ids, timestep, guidance, refs, ref_ids)
+                if do_cfg:
+                    uncond = self._denoise(latents, neg_embeds, neg_pooled, neg_text_ids, image_ids, timestep, guidance, refs, ref_ids)
+                    flow = uncond + guidance_scale * (flow - uncond)
+                latents = self.scheduler.step(flow, t, latents, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    outputs = callback_on_step_end(self, i, t, {"latents": latents}) or {}
+                    latents = outputs.pop("latents", latents)
+                progress_bar.update()
+
+        # 7. Decode
+        if output_type == "latent":
+            images = latents
+        else:
+            unpacked = self._unpack_latents(latents, height, width, self.vae_scale_factor)
+            unpacked = unpacked / self.vae.config.scaling_factor + self.vae.config.shift_factor
+            decoded = self.vae.decode(unpacked.to(self.vae.dtype), return_dict=False)[0]
+            images = self.image_processor.postprocess(decoded, output_type=output_type)
+        self.maybe_free_model_hooks()
+
+        record = None
+        if recorder is not None:
+            target_grid = (height // self.pixels_per_token, width // self.pixels_per_token)
+            record = recorder.record(len(references), ref_grid, target_grid, self.pixels_per_token)
+        return MosaicPipelineOutput(images=images, attention=record)

@@ -1,0 +1,119 @@
+"""One generation for the app: check the request, run the pipeline with attention recording,
+write the PNGs with their settings, and keep everything the other tabs need (`Generation`)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mosaic_studio.mosaic.images import preprocess_reference
+from mosaic_studio.mosaic.probe import all_blocks
+
+from mosaic_studio.studio.metadata import save_png
+from mosaic_studio.studio.references import load_references, parse_categories
+from mosaic_studio.studio.session import Generation
+
+MAX_SEED = 2**31 - 1
+MAX_IMAGES = 4
+MAX_STEPS = 100
+MIN_SIDE, MAX_SIDE = 64, 1536  # the app's limits; FLUX works up to ~2 MP (1536² ≈ 2.4 MP)
+# Attention kept per generation (float32 on the CPU): every block of the model when it fits,
+# else evenly spaced blocks. FLUX.1-dev at 512², 3 references, 1 image: 12.6 MB per block.
+RECORD_BUDGET_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class Request:
+    """The Generate tab's settings, checked (`check`) before any model work."""
+
+    prompt: str
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    seed: int
+    num_images: int
+    attention_first: int = 1  # record attention over steps first..last, 1-based inclusive
+    attention_last: int = MAX_STEPS  # clamped to `steps`
+
+    def check(self) -> Request:
+        for name, value, low, high in (
+            ("height", self.height, MIN_SIDE, MAX_SIDE), ("width", self.width, MIN_SIDE, MAX_SIDE),
+            ("steps", self.steps, 1, MAX_STEPS), ("images", self.num_images, 1, MAX_IMAGES),
+            ("seed", self.seed, 0, MAX_SEED),
+        ):  # fmt: skip
+            if not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name}={value!r} is outside [{low}, {high}]")
+        if not 1 <= self.attention_first <= min(self.attention_last, self.steps):
+            raise ValueError(f"attention steps {self.attention_first}–{self.attention_last} "
+                             f"do not lie in 1–{self.steps}")
+        return self
+
+    @property
+    def attention_steps(self) -> tuple[int, int]:
+        """[start, end) for the pipeline."""
+        return (self.attention_first - 1, min(self.attention_last, self.steps))
+
+
+def random_seed() -> int:
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+def record_blocks(transformer, num_images: int, num_refs: int, ref_tokens: int, target_tokens: int,
+                  budget: int = RECORD_BUDGET_BYTES) -> list[str]:
+    """Every block when its maps fit `budget` bytes, else as many evenly spaced ones as fit."""
+    blocks = all_blocks(transformer)
+    per_block = 4 * num_images * num_refs * ref_tokens * target_tokens  # float32 bytes
+    keep = max(1, min(len(blocks), budget // max(per_block, 1)))
+    if keep == len(blocks):
+        return blocks
+    return [blocks[round(i * (len(blocks) - 1) / max(keep - 1, 1))] for i in range(keep)]
+
+
+def generate(pipe, request: Request, files, categories_text: str = "", remove_bg: bool = False,
+             outputs_dir: str | Path = ".", on_step: Callable[[int, int], None] | None = None,
+             model_info: dict | None = None) -> Generation:
+    """Run one generation. ValueError (naming the problem) for any bad input, before any work."""
+    # 1. Check inputs
+    request.check()
+    images, names = load_references(files, remove_bg)
+    if not images and not request.prompt.strip():
+        raise ValueError("the prompt is empty and there are no references: give a prompt, references, or both")
+    categories = parse_categories(categories_text, len(images))
+    reference_size = pipe.default_reference_size(request.height, request.width)
+    token = pipe.pixels_per_token
+
+    # 2. Attention recording: every block that fits the budget, the requested steps
+    blocks = record_blocks(pipe.transformer, request.num_images, len(images), (reference_size // token) ** 2,
+                           (request.height // token) * (request.width // token)) if images else None
+
+    # 3. Generate
+    def callback(_pipe, i, _t, _tensors):
+        if on_step is not None:
+            on_step(i + 1, request.steps)
+        return {}
+
+    out = pipe(
+        request.prompt, references=images, height=request.height, width=request.width,
+        num_inference_steps=request.steps, guidance_scale=request.guidance,
+        num_images_per_prompt=request.num_images, generator=torch.Generator().manual_seed(request.seed),
+        callback_on_step_end=callback, record_attention=bool(images), reference_size=reference_size,
+        attention_blocks=blocks, attention_steps=request.attention_steps,
+    )  # fmt: skip
+
+    # 4. PNGs with metadata
+    settings = {**asdict(request), "attention_last": request.attention_steps[1], "references": names,
+                "categories": categories, "reference_size": reference_size, **(model_info or {})}
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    paths = [
+        str(save_png(image, Path(outputs_dir) / f"mosaic-{stamp}-seed{request.seed}-{i + 1}.png",
+                     {**settings, "image": i + 1}))
+        for i, image in enumerate(out.images)
+    ]  # fmt: skip
+    references = [preprocess_reference(image, reference_size) for image in images]  # as the pipeline saw them
+    return Generation(settings, list(out.images), references, categories, out.attention, paths)

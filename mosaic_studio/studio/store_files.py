@@ -1,0 +1,28 @@
+"""Image paths of the review store: relative paths are relative to the store's folder (that is
+how "send to Annotate" writes them), absolute ones are used as they are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from mosaic_studio.mosaic.images import load_image
+
+
+def store_folder(store_path: str | Path) -> Path:
+    return Path(store_path).resolve().parent
+
+
+def resolve(store_path: str | Path, image_path: str) -> Path:
+    path = Path(image_path)
+    return path if path.is_absolute() else store_folder(store_path) / path
+
+
+def open_image(store_path: str | Path, image_path: str, name: str) -> Image.Image:
+    """RGB image of a store path; ValueError naming `name` and the file when it is unusable."""
+    path = resolve(store_path, image_path)
+    try:
+        return load_image(path, name=name).convert("RGB")
+    except FileNotFoundError:
+        raise ValueError(f"{name} file {path} is missing") from None

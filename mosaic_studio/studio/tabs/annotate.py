@@ -1,0 +1,223 @@
+"""The Annotate tab: a queue from the review store (stratified sample first), references and
+the target side by side with numbered pairs, select / move / add / delete, per-point verdicts,
+undo, accept / reject, keyboard shortcuts, the report panel and export."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+
+from mosaic_studio.annotator.records import Decision
+from mosaic_studio.annotator.store import ReviewStore, VersionConflict
+from mosaic_studio.annotator.verify import DEFAULT_FRACTION, stratified_sample
+
+from mosaic_studio.studio import annotation
+from mosaic_studio.studio.annotation import MODES, SELECT_MODE
+from mosaic_studio.studio.report import export_accepted, report_markdown
+
+SHORTCUTS = {"c": "ann-correct", "w": "ann-wrong", "u": "ann-unsure", "n": "ann-next", "p": "ann-prev",
+             "d": "ann-delete", "Delete": "ann-delete", "z": "ann-undo", "A": "ann-accept", "R": "ann-reject"}
+SHORTCUTS_HELP = ("On the canvas a number's suffix is its verdict: **+** correct, **x** wrong, **?** unsure.\n\n"
+                  "Keys (Annotate tab, outside text fields): **c** correct · **w** wrong · **u** unsure · "
+                  "**n** / **p** next / previous pair · **d** or **Delete** delete · **z** or **Ctrl+Z** undo · "
+                  "**Shift+A** accept · **Shift+R** reject")
+SHORTCUTS_JS = """() => {
+  if (window.__mosaicShortcuts) return;
+  window.__mosaicShortcuts = true;
+  const keys = %s;
+  document.addEventListener("keydown", (event) => {
+    const target = event.target;
+    if (target && (["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName) || target.isContentEditable)) return;
+    const tab = document.getElementById("annotate-tab");
+    if (!tab || tab.offsetParent === null) return;
+    const undo = event.key.toLowerCase() === "z" && (event.ctrlKey || event.metaKey);
+    if ((event.ctrlKey || event.metaKey || event.altKey) && !undo) return;
+    const button = document.getElementById(keys[undo ? "z" : event.key]);
+    if (!button) return;
+    event.preventDefault();
+    button.click();
+  });
+}""" % json.dumps(SHORTCUTS)
+
+
+def _view(opened, mode):
+    return opened, annotation.render(opened), annotation.describe(opened, mode)
+
+
+def _soft(action):
+    """Run a draft action; a ValueError (a click that does nothing, nothing to undo) becomes a
+    warning toast and leaves everything as it was."""
+    def run(opened, mode, *args):
+        if opened is None:
+            gr.Warning("open a sample first: enter your name and press 'Load my queue'")
+            return gr.skip(), gr.skip(), gr.skip()
+        try:
+            return _view(action(opened, *args), mode)
+        except ValueError as error:
+            gr.Warning(str(error))
+            return gr.skip(), gr.skip(), gr.skip()
+    return run
+
+
+def _draft_action(method, *args):
+    return _soft(lambda opened: replace(opened, draft=getattr(opened.draft, method)(*args)))
+
+
+def build() -> SimpleNamespace:
+    ui = SimpleNamespace()
+    ui.opened = gr.State(None)
+    with gr.Row():
+        ui.annotator = gr.Textbox(label="Annotator", placeholder="your name", elem_id="annotator", scale=1)
+        ui.load = gr.Button("Load my queue", elem_id="ann-load", scale=0)
+        ui.queue = gr.Dropdown([], label="Sample (your queue, stratified sample first; or type an id)",
+                               allow_custom_value=True, elem_id="ann-queue", scale=2)
+    ui.progress = gr.Markdown(elem_id="ann-progress")
+    ui.canvas = gr.Image(label="References (left) and generated image (right)", interactive=False, type="pil",
+                         format="png", elem_id="review-canvas", buttons=["fullscreen"])
+    ui.mode = gr.Radio(list(MODES), value=SELECT_MODE, label="Click mode", elem_id="ann-mode")
+    ui.info = gr.Markdown(elem_id="ann-info")
+    with gr.Row():
+        ui.prev = gr.Button("◀ Previous (p)", elem_id="ann-prev", size="sm")
+        ui.next = gr.Button("Next (n) ▶", elem_id="ann-next", size="sm")
+        ui.correct = gr.Button("✓ Correct (c)", elem_id="ann-correct", size="sm")
+        ui.wrong = gr.Button("✗ Wrong (w)", elem_id="ann-wrong", size="sm")
+        ui.unsure = gr.Button("? Unsure (u)", elem_id="ann-unsure", size="sm")
+        ui.all_correct = gr.Button("All remaining correct", elem_id="ann-all-correct", size="sm")
+        ui.delete = gr.Button("Delete pair (d)", elem_id="ann-delete", size="sm", variant="stop")
+        ui.undo = gr.Button("Undo (z)", elem_id="ann-undo", size="sm")
+    with gr.Row():
+        ui.accept = gr.Button("Accept sample (Shift+A)", variant="primary", elem_id="ann-accept")
+        ui.reject = gr.Button("Reject sample (Shift+R)", variant="stop", elem_id="ann-reject")
+    gr.Markdown(SHORTCUTS_HELP)
+    with gr.Accordion("Report: error rate per stratum, agreement, export", open=False):
+        ui.sampled_only = gr.Checkbox(value=True, label="Stratified sample only (as the paper measures)")
+        ui.refresh = gr.Button("Refresh report", size="sm", elem_id="ann-refresh")
+        ui.report = gr.Markdown(elem_id="ann-report")
+        ui.export = gr.Button("Export accepted samples (JSON)", size="sm")
+        ui.export_file = gr.File(label="Export", interactive=False)
+    with gr.Accordion("Study setup: draw the stratified sample", open=False):
+        with gr.Row():
+            ui.fraction = gr.Slider(0.01, 1.0, value=DEFAULT_FRACTION, step=0.01, label="Fraction of each stratum")
+            ui.sample_seed = gr.Number(0, precision=0, label="Sampling seed")
+            ui.mark = gr.Button("Mark the stratified sample", size="sm")
+    with gr.Row(visible=False):  # API-only: a click on the canvas at (x, y), for scripts and tests
+        ui.api_x, ui.api_y = gr.Number(0), gr.Number(0)
+        ui.api_click = gr.Button()
+    return ui
+
+
+def opened_outputs(ui) -> list:
+    """What opening a sample updates (also used by "send to Annotate")."""
+    return [ui.opened, ui.canvas, ui.info, ui.queue, ui.progress]
+
+
+def open_view(store_path, sample_id, annotator, mode=SELECT_MODE):
+    """Values for `opened_outputs`: the sample on the canvas, the queue menu, the progress."""
+    annotator = annotator or ""
+    queue = annotation.queue_ids(store_path, annotator)
+    choices = queue if sample_id in queue or sample_id is None else [sample_id, *queue]
+    if sample_id is None:
+        message = "Queue empty: every sample is reviewed by you." if annotator.strip() else "Enter your name."
+        return None, None, message, gr.update(choices=choices, value=None), annotation.progress(store_path, annotator)
+    opened = annotation.open_sample(store_path, sample_id)
+    return (*_view(opened, mode), gr.update(choices=choices, value=sample_id), annotation.progress(store_path, annotator))
+
+
+def on_load(store_path, annotator):
+    if not (annotator or "").strip():
+        raise gr.Error("enter your annotator name first")
+    queue = annotation.queue_ids(store_path, annotator)
+    return open_view(store_path, queue[0] if queue else None, annotator)
+
+
+def on_open(store_path, annotator, sample_id):
+    if not sample_id:
+        return (gr.skip(),) * 5
+    try:
+        return open_view(store_path, sample_id, annotator)
+    except ValueError as error:
+        raise gr.Error(str(error)) from error
+
+
+def on_save(store_path, decision, opened, annotator, mode):
+    """Accept / reject: save the review (or a visible error, store unchanged), open the next."""
+    if opened is None:
+        raise gr.Error("open a sample first")
+    try:
+        annotation.save(store_path, opened, annotator, decision)
+    except (ValueError, VersionConflict) as error:
+        raise gr.Error(str(error)) from error
+    gr.Info(f"{opened.draft.sample_id}: {decision}")
+    queue = annotation.queue_ids(store_path, annotator)
+    return open_view(store_path, queue[0] if queue else None, annotator, mode)
+
+
+def on_click(opened, mode, x, y):
+    return _soft(lambda o: annotation.click(o, mode, float(x), float(y)))(opened, mode)
+
+
+def on_report(store_path, sampled_only):
+    with ReviewStore(store_path) as store:
+        return report_markdown(store, bool(sampled_only))
+
+
+def on_export(store_path, outputs_dir):
+    with ReviewStore(store_path) as store:
+        path, count = export_accepted(store, Path(outputs_dir) / f"accepted-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    gr.Info(f"exported {count} accepted sample(s)")
+    return str(path)
+
+
+def on_mark(store_path, fraction, seed, annotator):
+    try:
+        with ReviewStore(store_path) as store:
+            chosen = stratified_sample(store.sample_strata(), float(fraction), int(seed or 0))
+            store.mark_sampled(chosen, actor=(annotator or "").strip() or "studio",
+                               params={"fraction": float(fraction), "seed": int(seed or 0)})
+    except ValueError as error:
+        raise gr.Error(str(error)) from error
+    gr.Info(f"{len(chosen)} sample(s) are now the stratified sample")
+    return annotation.progress(store_path, annotator or "")
+
+
+def wire(ui: SimpleNamespace, store_path: Path, outputs_dir: Path) -> None:
+    view, opened = [ui.opened, ui.canvas, ui.info], opened_outputs(ui)
+
+    def on_select(opened, mode, evt: gr.SelectData):
+        return on_click(opened, mode, *evt.index)
+
+    def load(annotator):
+        return on_load(store_path, annotator)
+
+    ui.load.click(load, ui.annotator, opened, api_name="annotate_load")
+    ui.annotator.submit(load, ui.annotator, opened, api_visibility="private")
+    ui.queue.input(lambda annotator, sample_id: on_open(store_path, annotator, sample_id), [ui.annotator, ui.queue],
+                   opened, api_name="annotate_open")
+    ui.canvas.select(on_select, [ui.opened, ui.mode], view, api_visibility="private", show_progress="hidden")
+    ui.api_click.click(on_click, [ui.opened, ui.mode, ui.api_x, ui.api_y], view, api_name="annotate_click")
+    ui.mode.input(lambda o, m: (o, gr.skip(), annotation.describe(o, m) if o else ""), [ui.opened, ui.mode], view,
+                  api_name="annotate_mode")
+    actions = {  # button: (api name, Draft method, its arguments)
+        ui.prev: ("annotate_previous", "step", -1), ui.next: ("annotate_next", "step", 1),
+        ui.correct: ("annotate_correct", "judge", "correct"), ui.wrong: ("annotate_wrong", "judge", "wrong"),
+        ui.unsure: ("annotate_unsure", "judge", "unsure"),
+        ui.all_correct: ("annotate_all_correct", "judge_remaining", "correct"),
+        ui.delete: ("annotate_delete", "delete"), ui.undo: ("annotate_undo", "undo"),
+    }  # fmt: skip
+    for button, (name, method, *args) in actions.items():
+        button.click(_draft_action(method, *args), [ui.opened, ui.mode], view, api_name=name, show_progress="hidden")
+    for button, decision in ((ui.accept, Decision.ACCEPTED.value), (ui.reject, Decision.REJECTED.value)):
+        button.click(functools.partial(on_save, store_path, decision), [ui.opened, ui.annotator, ui.mode], opened,
+                     api_name=f"annotate_{decision}")
+    report = functools.partial(on_report, store_path)
+    ui.refresh.click(report, ui.sampled_only, ui.report, api_name="annotate_report")
+    ui.sampled_only.input(report, ui.sampled_only, ui.report, api_visibility="private")
+    ui.export.click(functools.partial(on_export, store_path, outputs_dir), None, ui.export_file, api_name="annotate_export")
+    ui.mark.click(functools.partial(on_mark, store_path), [ui.fraction, ui.sample_seed, ui.annotator], ui.progress,
+                  api_name="annotate_mark_sample")

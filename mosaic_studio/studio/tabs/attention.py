@@ -1,0 +1,138 @@
+"""The Attention tab: click a reference point → that token's attention over the generated
+image; block range, image, colormap and opacity controls; the per-reference overview; and
+"send to Annotate". Everything reads the maps recorded during generation (`Generation`)."""
+
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+
+import gradio as gr
+
+from mosaic_studio.annotator.store import ReviewStore
+
+from mosaic_studio.studio.tabs import annotate
+from mosaic_studio.studio.heatmap import CMAPS, DEFAULT_CMAP
+from mosaic_studio.studio.inspector import (CLICK_PROMPT, NO_GENERATION, blocks_text, clicked_on_strip, clicked_reference_pixel,
+                        heatmap_view, image_index, need, overview_view, strip)
+from mosaic_studio.studio.proposals import POINTS_PER_REFERENCE, review_item
+from mosaic_studio.studio.store_files import store_folder
+
+
+def _visible(handler):
+    """Run a handler; a ValueError becomes a gr.Error the user sees (the app keeps serving).
+    functools.wraps keeps the signature Gradio reads (for gr.SelectData)."""
+    @functools.wraps(handler)
+    def run(*args):
+        try:
+            return handler(*args)
+        except ValueError as error:
+            raise gr.Error(str(error)) from error
+    return run
+
+
+def on_new_generation(generation, opacity):
+    """Reset the tab for a fresh generation."""
+    if generation is None or generation.record is None:
+        empty = gr.update(choices=[], value=None)
+        return None, None, NO_GENERATION, gr.update(choices=[1], value=1), empty, empty, None, None, "", ""
+    blocks = [(name, i) for i, name in enumerate(generation.blocks)]
+    last = len(blocks) - 1
+    over, over_text = overview_view(generation, 1, 0, last, opacity)
+    return (None, strip(generation)[0], blocks_text(generation, 0, last),
+            gr.update(choices=list(range(1, len(generation.images) + 1)), value=1),
+            gr.update(choices=blocks, value=0), gr.update(choices=blocks, value=last), None,
+            over, over_text, CLICK_PROMPT)  # fmt: skip
+
+
+def show(generation, clicked, image_number, first, last, cmap, opacity):
+    picture, caption = heatmap_view(generation, clicked, image_number, first, last, cmap, opacity)
+    return clicked, strip(generation, clicked)[0], picture, caption
+
+
+def on_reference_pixel(generation, reference, x, y, *view):
+    """API: the heatmap of reference `reference` (1-based) at its pixel (x, y)."""
+    generation = need(generation)
+    return show(generation, clicked_reference_pixel(generation, reference, x, y), *view)
+
+
+def redraw(generation, clicked, image_number, first, last, cmap, opacity):
+    generation = need(generation)
+    picture, caption = heatmap_view(generation, clicked, image_number, first, last, cmap, opacity)
+    over, over_text = overview_view(generation, image_number, first, last, opacity)
+    return picture, caption, over, over_text, blocks_text(generation, first, last)
+
+
+def make_send_handler(store_path):
+    """"Send to Annotate": store the selected image with attention-proposed points, open it."""
+
+    def on_send(generation, image_number, first, last, per_reference, annotator):
+        generation = need(generation)
+        image = image_index(generation, image_number)
+        sample = review_item(generation, image, generation.maps(first, last), store_folder(store_path), int(per_reference))
+        with ReviewStore(store_path) as store:
+            store.add_sample(sample, actor=(annotator or "").strip() or "studio")
+        view = annotate.open_view(store_path, sample.sample_id, annotator)
+        gr.Info(f"{sample.sample_id}: {len(sample.points)} proposed points sent to Annotate")
+        return (*view, gr.update(selected="annotate"))
+
+    return _visible(on_send)
+
+
+def build() -> SimpleNamespace:
+    ui = SimpleNamespace()
+    ui.clicked = gr.State(None)  # (reference, x, y) of the last click
+    ui.status = gr.Markdown(NO_GENERATION, elem_id="attention-status")
+    with gr.Row():
+        with gr.Column(scale=1):
+            ui.strip = gr.Image(label="References: click any point", interactive=False, type="pil",
+                                elem_id="reference-strip", buttons=[])
+            with gr.Row():
+                ui.image_number = gr.Dropdown([1], value=1, label="Generated image", allow_custom_value=True)
+                ui.cmap = gr.Dropdown(list(CMAPS), value=DEFAULT_CMAP, label="Colormap")
+                ui.opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Opacity")
+            with gr.Row():
+                # allow_custom_value: the choices arrive with each generation, and API callers pass indices
+                ui.first = gr.Dropdown([], label="First block (model order: double, then single blocks)",
+                                       allow_custom_value=True)
+                ui.last = gr.Dropdown([], label="Last block", allow_custom_value=True)
+        with gr.Column(scale=1):
+            ui.heatmap = gr.Image(label="Attention of the clicked token over the generated image (ring: peak)",
+                                  interactive=False, elem_id="heatmap", buttons=["download"])
+            ui.caption = gr.Markdown(elem_id="heatmap-caption")
+    with gr.Row():
+        with gr.Column(scale=1):
+            ui.overview = gr.Image(label="Per-reference overview", interactive=False, elem_id="overview")
+        with gr.Column(scale=1):
+            ui.overview_caption = gr.Markdown()
+            ui.per_reference = gr.Slider(1, 20, value=POINTS_PER_REFERENCE, step=1, label="Points per reference")
+            ui.send = gr.Button("Send to Annotate", elem_id="send-to-annotate")
+            gr.Markdown("Creates a review item from the selected generated image: for each reference, points "
+                        "inside its subject paired with where their attention peaks.")
+    with gr.Row(visible=False):  # API-only inputs: a heatmap by reference pixel, for scripts and tests
+        ui.api_reference, ui.api_x, ui.api_y = gr.Number(1), gr.Number(0), gr.Number(0)
+        ui.api_run = gr.Button()
+    return ui
+
+
+def wire(ui: SimpleNamespace, generation: gr.State, generated, store_path, annotate_ui, tabs) -> None:
+    view = [ui.image_number, ui.first, ui.last, ui.cmap, ui.opacity]
+    shown = [ui.clicked, ui.strip, ui.heatmap, ui.caption]
+    generated.then(
+        _visible(on_new_generation), [generation, ui.opacity],
+        [ui.clicked, ui.strip, ui.status, ui.image_number, ui.first, ui.last, ui.heatmap, ui.overview,
+         ui.overview_caption, ui.caption], api_visibility="private",
+    )  # fmt: skip
+
+    def on_select(generation, image_number, first, last, cmap, opacity, evt: gr.SelectData):
+        generation = need(generation)
+        return show(generation, clicked_on_strip(generation, *evt.index), image_number, first, last, cmap, opacity)
+
+    ui.strip.select(_visible(on_select), [generation, *view], shown, api_visibility="private", show_progress="hidden")
+    ui.api_run.click(_visible(on_reference_pixel), [generation, ui.api_reference, ui.api_x, ui.api_y, *view], shown,
+                     api_name="heatmap")
+    outputs = [ui.heatmap, ui.caption, ui.overview, ui.overview_caption, ui.status]
+    for trigger in (ui.image_number.input, ui.first.input, ui.last.input, ui.opacity.release, ui.cmap.input):
+        trigger(_visible(redraw), [generation, ui.clicked, *view], outputs, api_visibility="private", show_progress="hidden")
+    ui.send.click(make_send_handler(store_path), [generation, ui.image_number, ui.first, ui.last, ui.per_reference,
+                  annotate_ui.annotator], [*annotate.opened_outputs(annotate_ui), tabs], api_name="send_to_annotate")

@@ -1,0 +1,192 @@
+"""What each training stage trains, its loss, and what it exports.
+
+  vae   the AutoencoderKL (the tiny default only; FLUX.1-dev ships its own)
+  base  text-to-image pretraining of the whole transformer, L_diff
+  lora  the MOSAIC reference LoRA on a frozen base, L = L_diff + α·L_SCA + β·L_MD (Eq. 15)
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mosaic_studio.mosaic.losses import mdl_loss_batch, scal_loss_batch
+from mosaic_studio.mosaic.lora import reference_lora_config
+from mosaic_studio.mosaic.probe import AttentionProbe, all_blocks, all_double_blocks, early_double_blocks
+from mosaic_studio.mosaic.transformer import grid_position_ids, mosaic_forward, reference_position_ids
+from mosaic_studio.train.config import TrainConfig
+from mosaic_studio.train.data import Batch
+from mosaic_studio.train.flow import flow_matching_loss, noisy_latents, sample_timesteps
+
+PROBE_SITES = {"early": early_double_blocks, "double": all_double_blocks, "all": all_blocks}
+STATS_BATCHES = 8  # batches used to calibrate the VAE's latent shift and scale
+
+
+def encode_pixels(pipe, pixels: torch.Tensor, generator=None):
+    """(N, 3, H, W) pixels → packed latent tokens (N, n, C) and their (rows, cols) grid.
+    Training samples the posterior (a little augmentation); inference uses its mean."""
+    vae = pipe.vae
+    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    latents = dist.sample(generator) if generator is not None else dist.mode()
+    latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
+    n, c, h, w = latents.shape
+    return pipe._pack_latents(latents, n, c, h, w), (h // 2, w // 2)
+
+
+class Stage:
+    """Base: subclasses name the trainable module, compute the loss and export the result."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+
+    def trainable(self, pipe) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def loss(self, pipe, module, batch: Batch, generator: torch.Generator, step: int):
+        raise NotImplementedError
+
+    def export(self, pipe, module, out_dir: Path, source) -> None:
+        """Write the trained result as a complete pipeline folder (source: the run's BatchSource)."""
+        raise NotImplementedError
+
+    def encode_text(self, pipe, captions):
+        with torch.no_grad():
+            return pipe.encode_prompt(
+                prompt=captions, prompt_2=None, device=pipe.transformer.device,
+                max_sequence_length=self.config.model.max_sequence_length,
+            )  # fmt: skip
+
+
+def copy_pipeline(source: str, out_dir: Path) -> None:
+    """The exported pipeline starts as a copy of the one trained from (local folders only)."""
+    if Path(source).is_dir() and not out_dir.exists():
+        shutil.copytree(source, out_dir, ignore=shutil.ignore_patterns(".*"))
+
+
+class VaeStage(Stage):
+    def trainable(self, pipe):
+        pipe.vae.requires_grad_(True).train()
+        return pipe.vae
+
+    def loss(self, pipe, module, batch, generator, step):
+        # The VAE is convolutional, so random crops teach it as well as whole targets at a
+        # fraction of the cost; references (white backgrounds, centred subjects) come whole.
+        side = self.config.data.ref_size
+        top, left = (int(v) for v in torch.randint(0, batch.target.shape[-1] - side + 1, (2,), generator=generator))
+        images = [batch.target[..., top : top + side, left : left + side]]
+        if batch.references is not None:
+            images.append(batch.references[:, 0])  # one reference per sample keeps the two halves balanced
+        losses = []
+        for pixels in images:
+            posterior = module.encode(pixels).latent_dist
+            recon = module.decode(posterior.sample(generator)).sample
+            reconstruction = F.mse_loss(recon, pixels) + F.l1_loss(recon, pixels)
+            losses.append(reconstruction + self.config.loss.kl_weight * posterior.kl().mean())
+        loss = torch.stack(losses).mean()
+        return loss, {"loss": loss.item()}
+
+    def export(self, pipe, module, out_dir, source):
+        """Calibrate shift/scale so latents are ~N(0, 1), as FLUX's VAE config does, then save."""
+        with torch.no_grad():
+            module.eval()
+            latents = torch.cat([module.encode(source.batch(i).target).latent_dist.mode() for i in range(STATS_BATCHES)])
+        module.register_to_config(shift_factor=latents.mean().item(), scaling_factor=1.0 / latents.std().item())
+        copy_pipeline(self.config.model.pretrained, out_dir)
+        module.save_pretrained(out_dir / "vae")
+
+
+class BaseStage(Stage):
+    def trainable(self, pipe):
+        pipe.transformer.requires_grad_(True).train()
+        return pipe.transformer
+
+    def flow_inputs(self, pipe, batch, generator, t=None):
+        """Everything a denoising forward needs; `t` fixes the timestep (evaluation)."""
+        with torch.no_grad():
+            x0, grid = encode_pixels(pipe, batch.target, generator)
+        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        if t is None:
+            t = sample_timesteps(len(x0), x0.shape[1], pipe.scheduler.config, generator,
+                                 self.config.loss.logit_mean, self.config.loss.logit_std)  # fmt: skip
+        t = torch.as_tensor(t).expand(len(x0)).to(x0)
+        prompt, pooled, text_ids = self.encode_text(pipe, batch.captions)
+        guidance = torch.ones_like(t) if pipe.transformer.config.guidance_embeds else None  # as the authors train
+        return dict(x0=x0, noise=noise, t=t, grid=grid, prompt=prompt, pooled=pooled, text_ids=text_ids, guidance=guidance)
+
+    def forward(self, module, f, references=None, reference_ids=None):
+        img_ids = grid_position_ids(*f["grid"], device=f["x0"].device, dtype=f["x0"].dtype)
+        x_t = noisy_latents(f["x0"], f["noise"], f["t"])
+        return mosaic_forward(module, x_t, f["prompt"], f["pooled"], f["t"], img_ids, f["text_ids"],
+                              f["guidance"], references, reference_ids)  # fmt: skip
+
+    def loss(self, pipe, module, batch, generator, step):
+        f = self.flow_inputs(pipe, batch, generator)
+        loss = flow_matching_loss(self.forward(module, f), f["x0"], f["noise"])
+        return loss, {"loss": loss.item(), "diffusion": loss.item()}
+
+    def export(self, pipe, module, out_dir, source):
+        copy_pipeline(self.config.model.pretrained, out_dir)
+        module.save_pretrained(out_dir / "transformer")
+
+
+class LoraStage(BaseStage):
+    ADAPTER = "subject"
+
+    def trainable(self, pipe):
+        transformer = pipe.transformer
+        transformer.requires_grad_(False)
+        if self.ADAPTER not in (getattr(transformer, "peft_config", None) or {}):
+            with torch.random.fork_rng(devices=[]):  # the LoRA's random init depends on the run's seed only
+                torch.manual_seed(self.config.data.seed)
+                transformer.add_adapter(reference_lora_config(self.config.model.lora_rank), adapter_name=self.ADAPTER)
+        transformer.set_adapter(self.ADAPTER)
+        for name, param in transformer.named_parameters():
+            param.requires_grad_("lora_" in name)
+        return transformer.train()
+
+    def beta(self, step: int) -> float:
+        start, end = self.config.loss.beta_ramp
+        if end <= start:
+            return self.config.loss.beta
+        return self.config.loss.beta * min(max((step - start) / (end - start), 0.0), 1.0)
+
+    def predict(self, pipe, module, batch, f, probe: bool):
+        """Flow prediction with the batch's references; with `probe`, also the Eq. 8 rows of the
+        batch's correspondence points, (B, K·P, N_tgt), on the configured blocks."""
+        b, k = batch.references.shape[:2]
+        with torch.no_grad():
+            tokens, ref_grid = encode_pixels(pipe, batch.references.flatten(0, 1))
+        refs = tokens.reshape(b, k, *tokens.shape[1:])  # (B, K, N_ref, C)
+        ref_ids = reference_position_ids(k, *ref_grid, device=tokens.device, dtype=tokens.dtype)
+        if not probe:
+            return self.forward(module, f, refs, ref_ids), None
+        recorder = AttentionProbe(batch.rows)
+        with recorder.attached(module, PROBE_SITES[self.config.loss.blocks](module)):
+            prediction = self.forward(module, f, refs, ref_ids)
+        return prediction, recorder.attention()
+
+    def loss(self, pipe, module, batch, generator, step):
+        f = self.flow_inputs(pipe, batch, generator)
+        if batch.references is None:  # reference drop: a plain text-to-image sample
+            loss = flow_matching_loss(self.forward(module, f), f["x0"], f["noise"])
+            return loss, {"loss": loss.item(), "diffusion": loss.item(), "scal": 0.0, "mdl": 0.0}
+        k = batch.num_refs
+        cfg = self.config.loss
+        prediction, attention = self.predict(pipe, module, batch, f, probe=cfg.alpha > 0 or self.beta(step) > 0)
+        diffusion = flow_matching_loss(prediction, f["x0"], f["noise"])
+        scal = mdl = torch.zeros((), device=diffusion.device)
+        if attention is not None:
+            scal = scal_loss_batch(attention, batch.tgt_index, batch.ref_index, k, batch.valid, cfg.scal_reduction)
+            mdl = mdl_loss_batch(attention, batch.ref_index, k, batch.valid, cfg.divergence)
+        loss = diffusion + cfg.alpha * scal + self.beta(step) * mdl
+        return loss, {"loss": loss.item(), "diffusion": diffusion.item(), "scal": scal.item(), "mdl": mdl.item()}
+
+    def export(self, pipe, module, out_dir, source):
+        copy_pipeline(self.config.model.pretrained, out_dir)
+        pipe.save_mosaic_lora(out_dir, adapter_name=self.ADAPTER)
+
+
+STAGE_CLASSES = {"vae": VaeStage, "base": BaseStage, "lora": LoraStage}
