@@ -13,24 +13,38 @@ Reported as seconds per step and the ratio to K = 0, all measured in this one ru
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
+from building import built_on  # a sibling script: benchmarks/ is on sys.path when run
 from diffusers import FluxTransformer2DModel
 
-from building import built_on  # a sibling script: benchmarks/ is on sys.path when run
+from mosaic_studio.mosaic.attention import install_mosaic_processors
 from mosaic_studio.mosaic.transformer import grid_position_ids, mosaic_forward, reference_position_ids
 
 PRESETS = {
-    "cpu": dict(num_layers=3, num_single_layers=3, attention_head_dim=32, num_attention_heads=4,
-                joint_attention_dim=64, pooled_projection_dim=32, axes_dims_rope=(8, 12, 12)),
-    "flux-dev": dict(num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
-                     joint_attention_dim=4096, pooled_projection_dim=768, axes_dims_rope=(16, 56, 56),
-                     guidance_embeds=True),
-}  # fmt: skip
+    "cpu": dict(
+        num_layers=3,
+        num_single_layers=3,
+        attention_head_dim=32,
+        num_attention_heads=4,
+        joint_attention_dim=64,
+        pooled_projection_dim=32,
+        axes_dims_rope=(8, 12, 12),
+    ),
+    "flux-dev": dict(
+        num_layers=19,
+        num_single_layers=38,
+        attention_head_dim=128,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        pooled_projection_dim=768,
+        axes_dims_rope=(16, 56, 56),
+        guidance_embeds=True,
+    ),
+}
 
 
 def sync(device):
@@ -54,6 +68,7 @@ def main():
     config = PRESETS[args.preset]
     with built_on(args.device, dtype):
         model = FluxTransformer2DModel(patch_size=1, in_channels=64, **config).eval()
+    install_mosaic_processors(model)
     n = args.grid**2
     kw = dict(device=args.device, dtype=dtype)
     x = torch.randn(1, n, 64, **kw)
@@ -65,9 +80,21 @@ def main():
 
     rows = []
     for k in range(args.max_refs + 1):
-        refs = torch.randn(1, k, n, 64, **kw) if k else None
-        ref_ids = reference_position_ids(k, args.grid, args.grid, **kw) if k else None
-        step = lambda: mosaic_forward(model, x, text, pooled, t, img_ids, txt_ids, guidance, refs, ref_ids)  # noqa: E731
+        reference_latents = torch.randn(1, k, n, 64, **kw) if k else None
+        reference_ids = reference_position_ids(k, args.grid, args.grid, **kw) if k else None
+        step = functools.partial(  # binds this iteration's references
+            mosaic_forward,
+            model,
+            x,
+            encoder_hidden_states=text,
+            pooled_projections=pooled,
+            timestep=t,
+            img_ids=img_ids,
+            txt_ids=txt_ids,
+            guidance=guidance,
+            reference_latents=reference_latents,
+            reference_ids=reference_ids,
+        )
         with torch.no_grad():
             step()  # warm-up
             if args.device.startswith("cuda"):
@@ -83,9 +110,12 @@ def main():
         rows.append((k, statistics.median(times), peak))
 
     base = rows[0][1]
-    print(f"\nGeneration step, preset {args.preset}, {n} target tokens, K × {n} reference tokens, {args.text} text tokens, "
-          f"{args.dtype} on {torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'} "
-          f"(median of {args.repeats})\n")  # fmt: skip
+    print(
+        f"\nGeneration step, preset {args.preset}, {n} target tokens, K × {n} reference tokens, "
+        f"{args.text} text tokens, "
+        f"{args.dtype} on {torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'} "
+        f"(median of {args.repeats})\n"
+    )
     print("| K | s/step | vs K=0 | peak GPU GiB |")
     print("|---|---|---|---|")
     for k, seconds, peak in rows:

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from gradio_client import Client, handle_file
 
-from gradio_client import Client, handle_file  # noqa: E402
-
-from mosaic_studio.studio.app import build_demo
 from mosaic_studio import DEFAULT_MODEL_DIR
 from mosaic_studio.mosaic.loading import load_pipeline
+from mosaic_studio.studio.app import build_demo
 from mosaic_studio.studio.examples import load_examples
 from mosaic_studio.studio.local_server import launched
 
@@ -39,11 +37,27 @@ def main() -> None:
 
     references = max(load_examples(), key=lambda e: len(e.references)).references[:3]
     with tempfile.TemporaryDirectory() as folder:
-        demo = build_demo(load_pipeline(args.model, device="cpu"), store=Path(folder) / "store.db", outputs_dir=Path(folder) / "out")
+        demo = build_demo(
+            load_pipeline(args.model, device="cpu"), store=Path(folder) / "store.db", outputs_dir=Path(folder) / "out"
+        )
         with launched(demo) as url:
             client = Client(url, verbose=False, httpx_kwargs={"timeout": 600})
-            client.predict([handle_file(f) for f in references], PROMPT, "", args.side, args.side, args.steps, 3.5,
-                           7, False, 1, False, 1, 100, api_name="/generate")  # fmt: skip
+            client.predict(
+                [handle_file(f) for f in references],
+                PROMPT,
+                "",
+                args.side,
+                args.side,
+                args.steps,
+                3.5,
+                7,
+                False,
+                1,
+                False,
+                1,
+                100,
+                api_name="/generate",
+            )
             times = []
             for i in range(args.clicks + 1):
                 started = time.perf_counter()
@@ -52,8 +66,10 @@ def main() -> None:
                 times.append(time.perf_counter() - started)
     clicks = sorted(times[1:])
     p90 = clicks[min(len(clicks) - 1, int(0.9 * len(clicks)))]
-    print(f"click → heatmap over {len(clicks)} clicks: median {statistics.median(clicks) * 1000:.0f} ms, "
-          f"90th percentile {p90 * 1000:.0f} ms (target 300 ms)")
+    print(
+        f"click → heatmap over {len(clicks)} clicks: median {statistics.median(clicks) * 1000:.0f} ms, "
+        f"90th percentile {p90 * 1000:.0f} ms (target 300 ms)"
+    )
 
 
 if __name__ == "__main__":

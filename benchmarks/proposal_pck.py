@@ -9,6 +9,7 @@ Eq. 2, P_k) on the same samples, so rows differ only in the extractors combined.
 a uniformly random reference position inside the reference subject for every target token.
 Scores come from the synthetic world's exact geometry (annotator.evaluate).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-from mosaic_studio.annotator.pck import PCK_ALPHA, PckTally
 from mosaic_studio.annotator.matching import Matches, reference_candidates
+from mosaic_studio.annotator.pck import PCK_ALPHA, PckTally
 from mosaic_studio.annotator.propose import ProposalConfig, ProposalRequest, build_proposer
 from mosaic_studio.annotator.segment import plain_background_mask
 from mosaic_studio.annotator.weights import MissingWeightsError
@@ -34,16 +34,14 @@ DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "PROPOSAL_PCK.md"
 CHANCE = "chance"
 
 
-def chance_matches(per_extractor: dict, request: ProposalRequest, grid: int,
-                   rng: np.random.Generator) -> list[Matches]:
+def chance_matches(per_extractor: dict, request: ProposalRequest, grid: int, rng: np.random.Generator) -> list[Matches]:
     """Random reference positions inside each reference subject, for the same target tokens."""
     first = next(iter(per_extractor.values()))
     out = []
     for matches, image in zip(first, request.references):
         candidates = reference_candidates(plain_background_mask(image), grid)
         pick = candidates[rng.integers(len(candidates), size=len(matches))]
-        out.append(Matches(matches.tokens, matches.target_points, pick,
-                           np.zeros(len(matches)), CHANCE))
+        out.append(Matches(matches.tokens, matches.target_points, pick, np.zeros(len(matches)), CHANCE))
     return out
 
 
@@ -56,12 +54,16 @@ def rows_of(names: list[str], radii: list[int]) -> list[tuple[str, tuple[str, ..
 
 
 def table(rows, tallies) -> str:
-    lines = ["| proposal | pairs | points | kept | PCK@0.1 | PCK@1-token | correct@0.1 per candidate |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| proposal | pairs | points | kept | PCK@0.1 | PCK@1-token | correct@0.1 per candidate |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for label, _, _ in rows:
         t = tallies[label]
-        lines.append(f"| {label} | {t.pairs} | {t.points} | {t.kept:.1%} | {t.pck_alpha:.3f} | "
-                     f"{t.pck_token:.3f} | {t.recall_alpha:.3f} |")
+        lines.append(
+            f"| {label} | {t.pairs} | {t.points} | {t.kept:.1%} | {t.pck_alpha:.3f} | "
+            f"{t.pck_token:.3f} | {t.recall_alpha:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -79,10 +81,13 @@ def premise(rows, tallies) -> list[str]:
             verdict = f"no: not more precise than {best_name} alone"
         else:
             verdict = "yes: more precise than either extractor alone" + (
-                ", at lower recall" if lost else ", and no recall lost")
+                ", at lower recall" if lost else ", and no recall lost"
+            )
         recalls = ", ".join(f"{name} {s.recall_alpha:.3f}" for name, s in zip(combined, singles))
-        lines.append(f"- {label}: PCK@0.1 {t.pck_alpha:.3f} vs {best_name} alone {best.pck_alpha:.3f}; "
-                     f"correct per candidate {t.recall_alpha:.3f} ({recalls}). {verdict.capitalize()}.")
+        lines.append(
+            f"- {label}: PCK@0.1 {t.pck_alpha:.3f} vs {best_name} alone {best.pck_alpha:.3f}; "
+            f"correct per candidate {t.recall_alpha:.3f} ({recalls}). {verdict.capitalize()}."
+        )
     return lines
 
 
@@ -109,8 +114,12 @@ def main(argv=None) -> None:
 
     model = args.model or str(DEFAULT_MODEL_DIR)
     pipe = load_pipeline(model, device="cpu")
-    dift = {"resolution": args.dift_resolution, "copies": args.dift_copies,
-            "timestep": args.dift_timestep, "block": args.dift_block}
+    dift = {
+        "resolution": args.dift_resolution,
+        "copies": args.dift_copies,
+        "timestep": args.dift_timestep,
+        "block": args.dift_block,
+    }
     wanted = [n.strip() for n in args.extractors.split(",") if n.strip()]
     absent = {}
     names = []
@@ -134,8 +143,11 @@ def main(argv=None) -> None:
         masks, exclusive, per_extractor = proposer.match_all(request)
         candidates = [len(m) for m in next(iter(per_extractor.values()))]
         for label, combined, radius in rows:
-            matches = (chance_matches(per_extractor, request, config.candidate_grid, rng)
-                       if label == CHANCE else proposer.combine(per_extractor, combined, radius))
+            matches = (
+                chance_matches(per_extractor, request, config.candidate_grid, rng)
+                if label == CHANCE
+                else proposer.combine(per_extractor, combined, radius)
+            )
             tallies[label].add(proposer.finish(request, masks, exclusive, matches), truth, candidates)
         index += 1
     elapsed = time.time() - started
@@ -150,8 +162,10 @@ def describe_model(model: str) -> str:
     """Name the DIFT model, and say so when it is the untrained tiny builder's output."""
     info = Path(model) / "mosaic_tiny.json"
     builder = json.loads(info.read_text()).get("builder") if info.is_file() else None
-    notes = {"mosaic_studio.mosaic.tiny": " (random, untrained weights from mosaic.tiny)",
-             "mosaic_studio.train.build_default": " (trained on the synthetic world by train.build_default)"}
+    notes = {
+        "mosaic_studio.mosaic.tiny": " (random, untrained weights from mosaic.tiny)",
+        "mosaic_studio.train.build_default": " (trained on the synthetic world by train.build_default)",
+    }
     return f"`{Path(model).name}`" + notes.get(builder, "")
 
 
@@ -196,8 +210,7 @@ def render(args, rows, tallies, samples, elapsed, absent, model, block, config) 
         "An intersection keeps the mean of the agreeing points.",
     ]
     for name, model_id in absent.items():
-        lines.append(f"- **{name}**: not measured: weights `{model_id}` are not available on this "
-                     "machine (offline).")
+        lines.append(f"- **{name}**: not measured: weights `{model_id}` are not available on this machine (offline).")
     return "\n".join(lines) + "\n"
 
 

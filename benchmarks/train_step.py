@@ -24,15 +24,15 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
+from building import built_on  # a sibling script: benchmarks/ is on sys.path when run
 from diffusers import FluxTransformer2DModel
 
-from building import built_on  # a sibling script: benchmarks/ is on sys.path when run
-from mosaic_studio.mosaic.losses import mosaic_losses
+from mosaic_studio.mosaic.attention import install_mosaic_processors
 from mosaic_studio.mosaic.lora import reference_lora_config
-from mosaic_studio.mosaic.probe import AttentionProbe, all_double_blocks, early_double_blocks, probe_rows
+from mosaic_studio.mosaic.losses import mosaic_losses
+from mosaic_studio.mosaic.probe import AttentionProbe, all_double_blocks, early_double_blocks, eq8_rows
 from mosaic_studio.mosaic.transformer import grid_position_ids, mosaic_forward, reference_position_ids
 
 ALPHA, BETA = 0.4, 0.6  # paper defaults (Eq. 15)
@@ -46,7 +46,7 @@ class FullMapProbe(AttentionProbe):
         return query  # keep all rows for the map
 
     def observe(self, reference_query, target_key):
-        full = probe_rows(reference_query, target_key)  # (B, K·N_ref, N_tgt), built from (B, H, K·N_ref, N_tgt)
+        full = eq8_rows(reference_query, target_key)  # (B, K·N_ref, N_tgt), built from (B, H, K·N_ref, N_tgt)
         rows = full.gather(1, self.rows[:, :, None].expand(-1, -1, full.shape[-1]))
         self._total = rows if self._total is None else self._total + rows
         self.count += 1
@@ -60,12 +60,19 @@ def build(args):
     torch.manual_seed(0)
     with built_on(args.device, args.torch_dtype):
         model = FluxTransformer2DModel(
-            patch_size=1, in_channels=64, num_layers=args.double, num_single_layers=args.single,
-            attention_head_dim=args.head_dim, num_attention_heads=args.heads, joint_attention_dim=args.text_dim,
-            pooled_projection_dim=args.pooled_dim, axes_dims_rope=(args.head_dim // 4, 3 * args.head_dim // 8, 3 * args.head_dim // 8),
-        )  # fmt: skip
+            patch_size=1,
+            in_channels=64,
+            num_layers=args.double,
+            num_single_layers=args.single,
+            attention_head_dim=args.head_dim,
+            num_attention_heads=args.heads,
+            joint_attention_dim=args.text_dim,
+            pooled_projection_dim=args.pooled_dim,
+            axes_dims_rope=(args.head_dim // 4, 3 * args.head_dim // 8, 3 * args.head_dim // 8),
+        )
         model.requires_grad_(False)
         model.add_adapter(reference_lora_config(rank=16))
+    install_mosaic_processors(model)
     for name, param in model.named_parameters():
         if "lora_" in name:
             param.data = param.data.float()  # trainable LoRA weights in fp32, as mixed-precision training keeps them
@@ -82,15 +89,23 @@ def batch(args, model):
     tokens_per_ref = torch.stack([torch.randperm(n, generator=g)[: args.points] for _ in range(k)])  # (K, P)
     rows = (tokens_per_ref + torch.arange(k)[:, None] * n).reshape(1, -1)  # (1, K·P) into the concat refs
     data = dict(
-        x0=x0, noise=noise, t=t,
-        text=torch.randn(1, args.text, args.text_dim, generator=g), pooled=torch.randn(1, args.pooled_dim, generator=g),
-        refs=torch.randn(1, k, n, 64, generator=g),
-        img_ids=grid_position_ids(side, side), txt_ids=torch.zeros(args.text, 3),
+        x0=x0,
+        noise=noise,
+        t=t,
+        text=torch.randn(1, args.text, args.text_dim, generator=g),
+        pooled=torch.randn(1, args.pooled_dim, generator=g),
+        reference_latents=torch.randn(1, k, n, 64, generator=g),
+        img_ids=grid_position_ids(side, side),
+        txt_ids=torch.zeros(args.text, 3),
         ref_ids=reference_position_ids(k, side, side),
-        rows=rows, tgt_index=torch.randint(0, n, (1, k * args.points), generator=g),
+        rows=rows,
+        tgt_index=torch.randint(0, n, (1, k * args.points), generator=g),
         ref_index=torch.arange(k).repeat_interleave(args.points)[None],
-    )  # fmt: skip
-    return {key: v.to(args.device, args.torch_dtype) if v.is_floating_point() else v.to(args.device) for key, v in data.items()}
+    )
+    return {
+        key: v.to(args.device, args.torch_dtype) if v.is_floating_point() else v.to(args.device)
+        for key, v in data.items()
+    }
 
 
 def step(model, b, variant, optimizer):
@@ -100,14 +115,22 @@ def step(model, b, variant, optimizer):
         blocks = early_double_blocks(model) if variant == "on" else all_double_blocks(model)
         probe = (FullMapProbe if variant.startswith("naive") else AttentionProbe)(b["rows"])
     forward = lambda: mosaic_forward(  # noqa: E731
-        model, x_t, b["text"], b["pooled"], b["t"], b["img_ids"], b["txt_ids"], references=b["refs"], reference_ids=b["ref_ids"]
+        model,
+        x_t,
+        encoder_hidden_states=b["text"],
+        pooled_projections=b["pooled"],
+        timestep=b["t"],
+        img_ids=b["img_ids"],
+        txt_ids=b["txt_ids"],
+        reference_latents=b["reference_latents"],
+        reference_ids=b["ref_ids"],
     )
     if probe is None:
         loss = (forward() - (b["noise"] - b["x0"])).square().mean()
     else:
         with probe.attached(model, blocks):
             pred = forward()
-        scal, mdl = mosaic_losses(probe.attention(), b["tgt_index"], b["ref_index"], b["refs"].shape[1])
+        scal, mdl = mosaic_losses(probe.attention(), b["tgt_index"], b["ref_index"], b["reference_latents"].shape[1])
         loss = (pred - (b["noise"] - b["x0"])).square().mean() + ALPHA * scal + BETA * mdl
     loss.backward()
     optimizer.step()
@@ -137,8 +160,15 @@ def run_variant(args) -> dict:
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"variant": args.variant, "step_s": statistics.median(times), "peak_rss_mb": peak, "warm_rss_mb": rss_before / 1024}
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    return {
+        "variant": args.variant,
+        "step_s": statistics.median(times),
+        "peak_rss_mb": peak,
+        "warm_rss_mb": rss_before / 1024,
+    }
 
 
 def main():
@@ -174,7 +204,9 @@ def main():
     failed = {}
     for _ in range(args.rounds):
         for variant in VARIANTS:
-            out = subprocess.run([sys.executable, __file__, *passthrough, "--variant", variant], capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, __file__, *passthrough, "--variant", variant], capture_output=True, text=True
+            )
             if out.returncode != 0:  # e.g. out of GPU memory: reported in the table, the others still run
                 failed[variant] = (out.stderr.strip().splitlines() or ["no output"])[-1][:120]
                 continue
@@ -183,10 +215,13 @@ def main():
     peak = {v: min(r["peak_rss_mb"] for r in runs) for v, runs in results.items() if runs}
     base = best["off"]
     n = args.grid**2
-    print(f"\nTraining step, K={args.refs}, P={args.points}/ref, {n} target + {args.refs}×{n} reference tokens, "
-          f"{args.double}+{args.single} blocks, {args.heads} heads × {args.head_dim}, {args.text} text tokens, "
-          f"{args.dtype} on {torch.cuda.get_device_name() if args.device.startswith('cuda') else f'CPU, {args.threads} threads'} "
-          f"(best of {args.rounds}×{args.steps} steps)\n")  # fmt: skip
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
+    print(
+        f"\nTraining step, K={args.refs}, P={args.points}/ref, {n} target + {args.refs}×{n} reference tokens, "
+        f"{args.double}+{args.single} blocks, {args.heads} heads × {args.head_dim}, {args.text} text tokens, "
+        f"{args.dtype} on {device_name} "
+        f"(best of {args.rounds}×{args.steps} steps)\n"
+    )
     memory = "peak CUDA MB" if args.device.startswith("cuda") else "peak RSS MB"
     print(f"| variant | s/step | time vs off | {memory} | memory vs off |")
     print("|---|---|---|---|---|")
@@ -194,7 +229,10 @@ def main():
         if v not in best:
             print(f"| {v} | failed: {failed.get(v, '?')} | | | |")
             continue
-        print(f"| {v} | {best[v]['step_s']:.3f} | {best[v]['step_s'] / base['step_s']:.3f} | {peak[v]:.0f} | {peak[v] / peak['off']:.3f} |")
+        print(
+            f"| {v} | {best[v]['step_s']:.3f} | {best[v]['step_s'] / base['step_s']:.3f} "
+            f"| {peak[v]:.0f} | {peak[v] / peak['off']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

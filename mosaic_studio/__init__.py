@@ -18,6 +18,7 @@ _EXPORTS = {
     "AttentionRecord": "mosaic_studio.mosaic.record",
     "AttentionProbe": "mosaic_studio.mosaic.probe",
     "mosaic_forward": "mosaic_studio.mosaic.transformer",
+    "install_mosaic_processors": "mosaic_studio.mosaic.attention",
     "scal_loss": "mosaic_studio.mosaic.losses",
     "mdl_loss": "mosaic_studio.mosaic.losses",
     "mosaic_losses": "mosaic_studio.mosaic.losses",

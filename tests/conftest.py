@@ -6,21 +6,35 @@ import sqlite3
 # Before any Hugging Face import: huggingface_hub reads this once, when it is first imported.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a model hub
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from diffusers import FluxTransformer2DModel  # noqa: E402
+import pytest
+import torch
+from diffusers import FluxTransformer2DModel
 
-from mosaic_studio.mosaic.lora import reference_lora_config  # noqa: E402
+from mosaic_studio.mosaic.attention import install_mosaic_processors
+from mosaic_studio.mosaic.lora import reference_lora_config
 
 TINY_TRANSFORMER = dict(
-    patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
-    num_attention_heads=2, joint_attention_dim=24, pooled_projection_dim=12, axes_dims_rope=(4, 6, 6),
-)  # fmt: skip
+    patch_size=1,
+    in_channels=16,
+    num_layers=2,
+    num_single_layers=2,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=24,
+    pooled_projection_dim=12,
+    axes_dims_rope=(4, 6, 6),
+)
 
 
-def make_transformer(seed: int = 0, guidance_embeds: bool = False, **overrides) -> FluxTransformer2DModel:
+def make_transformer(
+    seed: int = 0, guidance_embeds: bool = False, mosaic: bool = True, **overrides
+) -> FluxTransformer2DModel:
+    """mosaic: with the MOSAIC attention processors installed; False keeps diffusers' own."""
     torch.manual_seed(seed)
-    return FluxTransformer2DModel(**{**TINY_TRANSFORMER, "guidance_embeds": guidance_embeds, **overrides}).eval()
+    model = FluxTransformer2DModel(**{**TINY_TRANSFORMER, "guidance_embeds": guidance_embeds, **overrides}).eval()
+    if mosaic:
+        install_mosaic_processors(model)
+    return model
 
 
 def add_random_lora(transformer, seed: int = 1, rank: int = 4, adapter_name: str = "default") -> None:

@@ -15,16 +15,24 @@ class Batch:
     timestep: torch.Tensor
     img_ids: torch.Tensor
     txt_ids: torch.Tensor
-    references: torch.Tensor | None
+    reference_latents: torch.Tensor | None
     reference_ids: torch.Tensor | None
     guidance: torch.Tensor | None = None
 
     def stock_kwargs(self) -> dict:
-        names = ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "img_ids", "txt_ids", "guidance")
+        names = (
+            "hidden_states",
+            "encoder_hidden_states",
+            "pooled_projections",
+            "timestep",
+            "img_ids",
+            "txt_ids",
+            "guidance",
+        )
         return {name: getattr(self, name) for name in names}
 
     def mosaic_kwargs(self) -> dict:
-        return {**self.stock_kwargs(), "references": self.references, "reference_ids": self.reference_ids}
+        return {**self.stock_kwargs(), "reference_latents": self.reference_latents, "reference_ids": self.reference_ids}
 
 
 def random_batch(transformer, batch=2, grid=(4, 6), text_len=7, num_refs=0, ref_grid=(3, 3), seed=0, guidance=None):
@@ -42,7 +50,7 @@ def random_batch(transformer, batch=2, grid=(4, 6), text_len=7, num_refs=0, ref_
         timestep=torch.rand(batch, generator=g),
         img_ids=grid_position_ids(*grid),
         txt_ids=torch.zeros(text_len, 3),
-        references=refs,
+        reference_latents=refs,
         reference_ids=ref_ids,
         guidance=None if guidance is None else torch.full((batch,), guidance),
     )

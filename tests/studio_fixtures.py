@@ -32,8 +32,10 @@ def free_target_point(layout: Layout, pairs: list[DrawnPair], margin: int = 2) -
     panel = layout.panel(TARGET)
     ends = np.array([end for pair in pairs for end in endpoints(layout, pair)], dtype=np.float64)  # (E, 2)
     width, height = panel.image_size
-    grid = np.array([(x, y) for y in range(margin, height - margin + 1) for x in range(margin, width - margin + 1)],
-                    dtype=np.float64)  # fmt: skip
+    grid = np.array(
+        [(x, y) for y in range(margin, height - margin + 1) for x in range(margin, width - margin + 1)],
+        dtype=np.float64,
+    )
     canvas = np.array([panel.to_canvas(tuple(xy)) for xy in grid])  # (N, 2)
     clearance = np.sqrt(((canvas[:, None, :] - ends[None, :, :]) ** 2).sum(axis=2)).min(axis=1)
     best = int(np.argmax(clearance))
@@ -50,6 +52,7 @@ def box_file(path: Path, colour=(200, 40, 40), size=(80, 80)) -> str:
 
 def png_declaring(path: Path, width: int, height: int) -> str:
     """A PNG whose header declares width × height (a decompression bomb) with no real pixels."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 

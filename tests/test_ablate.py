@@ -12,9 +12,21 @@ from mosaic_studio.experiments.ablation_report import paired_difference
 
 def test_ablation_trains_four_variants_and_reports(tmp_path):
     runs, docs = tmp_path / "runs", tmp_path / "docs"
-    argv = ["--runs", str(runs), "--out", str(docs), "--no-sweep", "--steps", "2", "--cases", "2",
-            "--evaluate-args=--steps 1 --seeds 2 --diversity-every 1",
-            "optim.batch_size=2", "optim.warmup_steps=1", "run.checkpoint_every=2"]  # fmt: skip
+    argv = [
+        "--runs",
+        str(runs),
+        "--out",
+        str(docs),
+        "--no-sweep",
+        "--steps",
+        "2",
+        "--cases",
+        "2",
+        "--evaluate-args=--steps 1 --seeds 2 --diversity-every 1",
+        "optim.batch_size=2",
+        "optim.warmup_steps=1",
+        "run.checkpoint_every=2",
+    ]
     ablate.main(argv)
     configs = {v.name: json.loads((runs / v.name / "config.json").read_text()) for v in ablate.LOSS_VARIANTS}
     weights = {name: (c["loss"]["alpha"], c["loss"]["beta"]) for name, c in configs.items()}
@@ -27,7 +39,15 @@ def test_ablation_trains_four_variants_and_reports(tmp_path):
     results = (docs / "ablation" / "RESULTS.md").read_text()
     for row in ("| base |", "| none |", "| scal |", "| mdl |", "| both |", "| oracle |"):
         assert row in results
-    for name in ("metrics_vs_subjects.png", "training_losses.png", "attention.png", "generations.png", "summary.json", "logs/both.csv", "records/oracle.jsonl.gz"):
+    for name in (
+        "metrics_vs_subjects.png",
+        "training_losses.png",
+        "attention.png",
+        "generations.png",
+        "summary.json",
+        "logs/both.csv",
+        "records/oracle.jsonl.gz",
+    ):
         assert (docs / "ablation" / name).is_file(), name
     summary = json.loads((docs / "ablation" / "summary.json").read_text())
     assert summary["summaries"]["none"]["cases"] == 2

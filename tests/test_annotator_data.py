@@ -1,10 +1,10 @@
 """Data commands of the annotator: propose (resumable, sharded), import, export round trip."""
+
 import json
 import shutil
 
 import numpy as np
 import pytest
-
 from conftest import store_dump as dump
 from PIL import Image
 
@@ -52,6 +52,7 @@ def shared_token(sample):
 
 # --- import and export ------------------------------------------------------------------------
 
+
 def test_reviewed_samples_round_trip_through_export(world, tmp_path, capsys):
     store_path, exported = tmp_path / "reviews.db", tmp_path / "export"
     assert main(["import", "--store", str(store_path), "--format", "synthetic", "--data", str(world)]) == 0
@@ -60,13 +61,20 @@ def test_reviewed_samples_round_trip_through_export(world, tmp_path, capsys):
         record = store.get_sample(first)
         p0, p1 = [p for p in record.points if p.ref_index == 0][:2]
         moved_ref = (p0.ref_xy[0] + 1.0, p0.ref_xy[1])
-        store.save_review(first, "alice", 0, verdicts=all_correct(record), decision="accepted", edits=[
-            PointEdit.move(0, p0.point_index, moved_ref, p0.target_xy),
-            PointEdit.delete(0, p1.point_index),
-            PointEdit.add(0, (10.5, 20.5), p0.target_xy)])
+        store.save_review(
+            first,
+            "alice",
+            0,
+            verdicts=all_correct(record),
+            decision="accepted",
+            edits=[
+                PointEdit.move(0, p0.point_index, moved_ref, p0.target_xy),
+                PointEdit.delete(0, p1.point_index),
+                PointEdit.add(0, (10.5, 20.5), p0.target_xy),
+            ],
+        )
         for sample_id, decision in ((second, "accepted"), (third, "rejected")):
-            store.save_review(sample_id, "bob", 0, verdicts=all_correct(store.get_sample(sample_id)),
-                              decision=decision)
+            store.save_review(sample_id, "bob", 0, verdicts=all_correct(store.get_sample(sample_id)), decision=decision)
     assert main(["export", "--store", str(store_path), "--out", str(exported)]) == 0
     assert ids_in(exported) == [first, second]
 
@@ -85,8 +93,9 @@ def test_reviewed_samples_round_trip_through_export(world, tmp_path, capsys):
     assert load_sample(exported / first).meta["point_info"][0]["source"][-1] == "annotator"
 
     # The export is the project's format again: it imports as such, points and sources intact.
-    assert main(["import", "--store", str(tmp_path / "second.db"), "--format", "semalign",
-                 "--data", str(exported)]) == 0
+    assert (
+        main(["import", "--store", str(tmp_path / "second.db"), "--format", "semalign", "--data", str(exported)]) == 0
+    )
     with ReviewStore(tmp_path / "second.db") as store:
         points = [p for p in store.get_sample(first).points if p.ref_index == 0]
         assert [p.ref_xy for p in points] == expected and points[-1].source == "annotator"
@@ -96,8 +105,12 @@ def test_reviewed_samples_round_trip_through_export(world, tmp_path, capsys):
 def test_label_studio_export(world, tmp_path):
     store_path, out = tmp_path / "reviews.db", tmp_path / "ls" / "tasks.json"
     assert main(["import", "--store", str(store_path), "--format", "synthetic", "--data", str(world)]) == 0
-    assert main(["export", "--store", str(store_path), "--out", str(out), "--format", "label-studio",
-                 "--status", "pending"]) == 0
+    assert (
+        main(
+            ["export", "--store", str(store_path), "--out", str(out), "--format", "label-studio", "--status", "pending"]
+        )
+        == 0
+    )
     tasks = json.loads(out.read_text())
     assert len(tasks) == 3 and "<Relations/>" in out.with_suffix(".xml").read_text()
     task = tasks[0]
@@ -129,11 +142,14 @@ def _break_eq2(folder):
     (folder / "sample.json").write_text(json.dumps(doc))
 
 
-@pytest.mark.parametrize("breaks, message", [
-    (_break_unreadable, "ref_0.png"),
-    (_break_mask_size, "mask-shape"),
-    (_break_eq2, "token-disjointness-eq2"),
-])
+@pytest.mark.parametrize(
+    "breaks, message",
+    [
+        (_break_unreadable, "ref_0.png"),
+        (_break_mask_size, "mask-shape"),
+        (_break_eq2, "token-disjointness-eq2"),
+    ],
+)
 def test_bad_samples_are_refused_and_the_store_is_unchanged(world, tmp_path, capsys, breaks, message):
     store_path = tmp_path / "reviews.db"
     last = next(sid for sid in ids_in(world) if shared_token(load_sample(world / sid)))
@@ -158,9 +174,17 @@ def test_export_refuses_a_review_that_breaks_eq2(world, tmp_path, capsys):
     j, k, v_j, v_k = shared_token(load_sample(world / broken))
     with ReviewStore(store_path) as store:
         for sample_id in ids_in(world):
-            edits = [PointEdit.add(j, (5.5, 5.5), v_j), PointEdit.add(k, (5.5, 5.5), v_k)] if sample_id == broken else []
-            store.save_review(sample_id, "alice", 0, verdicts=all_correct(store.get_sample(sample_id)),
-                              decision="accepted", edits=edits)
+            edits = (
+                [PointEdit.add(j, (5.5, 5.5), v_j), PointEdit.add(k, (5.5, 5.5), v_k)] if sample_id == broken else []
+            )
+            store.save_review(
+                sample_id,
+                "alice",
+                0,
+                verdicts=all_correct(store.get_sample(sample_id)),
+                decision="accepted",
+                edits=edits,
+            )
     capsys.readouterr()
     assert main(["export", "--store", str(store_path), "--out", str(out)]) == 1
     assert "token-disjointness-eq2" in capsys.readouterr().err and not out.exists()
@@ -179,8 +203,9 @@ def test_subjects200k_layout_imports_into_the_store(tmp_path):
         assert import_subjects200k(store, root, media, rows=[row], panel_size=PANEL, padding=PAD) == (1, 0)
         record = store.get_sample(uid)
         assert record.points and {p.source for p in record.points} == {"dift+geoaware"}
-        assert import_subjects200k(store, root, media, rows=[row], skip_existing=True,
-                                   panel_size=PANEL, padding=PAD) == (0, 1)
+        assert import_subjects200k(
+            store, root, media, rows=[row], skip_existing=True, panel_size=PANEL, padding=PAD
+        ) == (0, 1)
     assert load_sample(media / uid).caption == row["description"]["description_0"]
 
 
@@ -198,10 +223,23 @@ def test_subjects200k_import_command_reads_the_parquet_shards(tmp_path, capsys):
     encoded = io.BytesIO()
     row["image"].save(encoded, format="PNG")
     (root / "data").mkdir()
-    pq.write_table(pa.Table.from_pylist([{**row, "image": {"bytes": encoded.getvalue(), "path": None}}]),
-                   root / "data" / "train-0.parquet")
-    args = ["import", "--store", str(tmp_path / "reviews.db"), "--format", "subjects200k",
-            "--data", str(root), "--panel-size", str(PANEL), "--padding", str(PAD)]
+    pq.write_table(
+        pa.Table.from_pylist([{**row, "image": {"bytes": encoded.getvalue(), "path": None}}]),
+        root / "data" / "train-0.parquet",
+    )
+    args = [
+        "import",
+        "--store",
+        str(tmp_path / "reviews.db"),
+        "--format",
+        "subjects200k",
+        "--data",
+        str(root),
+        "--panel-size",
+        str(PANEL),
+        "--padding",
+        str(PAD),
+    ]
     assert main(args) == 1 and "--media" in capsys.readouterr().err
     assert main(args + ["--media", str(tmp_path / "media")]) == 0
     with ReviewStore(tmp_path / "reviews.db") as store:
@@ -209,6 +247,7 @@ def test_subjects200k_import_command_reads_the_parquet_shards(tmp_path, capsys):
 
 
 # --- propose ----------------------------------------------------------------------------------
+
 
 def propose(data, out, *extra):
     return main(["propose", "--data", str(data), "--out", str(out), "--extractors", "sift", *extra])
@@ -246,10 +285,10 @@ def test_propose_from_requests_and_bad_files(world, tmp_path, capsys):
     for k, ref in enumerate(sample.references):
         Image.fromarray(ref.image).save(request / f"ref_{k}.png")
         Image.fromarray(ref.mask).save(request / f"mask_{k}.png")
-        entries.append({"image": f"ref_{k}.png", "mask": f"mask_{k}.png", "category": ref.category,
-                        "label": ref.label})
-    (request / "request.json").write_text(json.dumps(
-        {"caption": sample.caption, "target": "target.png", "references": entries}))
+        entries.append({"image": f"ref_{k}.png", "mask": f"mask_{k}.png", "category": ref.category, "label": ref.label})
+    (request / "request.json").write_text(
+        json.dumps({"caption": sample.caption, "target": "target.png", "references": entries})
+    )
     assert propose(request.parent, tmp_path / "out") == 0
     assert len(load_sample(tmp_path / "out" / "r1").references) == len(sample.references)
 

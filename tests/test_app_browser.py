@@ -10,30 +10,40 @@ import time
 from pathlib import Path
 
 import pytest
-
-from mosaic_studio.annotator.records import PointStatus, SampleStatus
-from mosaic_studio.annotator.store import ReviewStore
-from mosaic_studio.studio.app import build_demo
-from mosaic_studio import DEFAULT_MODEL_DIR
-from mosaic_studio.mosaic.loading import load_pipeline
-from mosaic_studio.studio.annotation import open_sample
-from mosaic_studio.studio.canvas import TARGET
-from mosaic_studio.studio.local_server import launched
 from studio_fixtures import ARTIFACTS, example_references, free_target_point
 
+from mosaic_studio import DEFAULT_MODEL_DIR
+from mosaic_studio.annotator.records import PointStatus, SampleStatus
+from mosaic_studio.annotator.store import ReviewStore
+from mosaic_studio.mosaic.loading import load_pipeline
+from mosaic_studio.studio.annotation import open_sample
+from mosaic_studio.studio.app import build_demo
+from mosaic_studio.studio.canvas import TARGET
+from mosaic_studio.studio.local_server import launched
+
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 # Records every progress-bar text while generating (the bar may be gone before we look).
 WATCH_PROGRESS = """() => {
   window.progressSeen = [];
   new MutationObserver(() => document.querySelectorAll(".progress-level-inner")
-      .forEach((e) => window.progressSeen.push(e.textContent))).observe(document.body, {subtree: true, childList: true, characterData: true});
+      .forEach((e) => window.progressSeen.push(e.textContent)))
+      .observe(document.body, {subtree: true, childList: true, characterData: true});
 }"""
 TIMEOUT_MS = 60_000  # generous for a 2-core CI machine; a step normally takes a second or two
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
-                                reason="needs Debian chromium at /usr/bin/chromium (apt-get install chromium)")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian chromium at /usr/bin/chromium (apt-get install chromium)"
+)
 if CHROMIUM.exists():  # with chromium present a missing playwright package is an error, not a skip
     from playwright import sync_api
 
@@ -65,7 +75,9 @@ def test_generate_inspect_annotate_in_chromium(tmp_path):
         # Generate: upload three references, a prompt, few steps
         page.locator("#references input[type=file]").set_input_files(example_references(3))
         expect(page.locator("#reference-preview img")).to_have_count(3)
-        page.locator("#prompt textarea").fill("a blue person, a brown quadruped and a yellow bird on a plain background")
+        page.locator("#prompt textarea").fill(
+            "a blue person, a brown quadruped and a yellow bird on a plain background"
+        )
         page.locator("#steps input[type=number]").fill("4")
         page.evaluate(WATCH_PROGRESS)
         page.locator("#generate").click()

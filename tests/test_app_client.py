@@ -3,17 +3,17 @@ ask for a heatmap, send to Annotate, move a point and accept → the review stor
 
 import pytest
 from gradio_client import Client, handle_file
+from studio_fixtures import FAST, box_file, example_references, free_target_point, png_declaring
 
+from mosaic_studio import DEFAULT_MODEL_DIR
 from mosaic_studio.annotator.records import PointStatus, SampleStatus
 from mosaic_studio.annotator.store import ReviewStore
-from mosaic_studio.studio.app import build_demo
-from mosaic_studio import DEFAULT_MODEL_DIR
 from mosaic_studio.mosaic.loading import load_pipeline
 from mosaic_studio.studio.annotation import open_sample
+from mosaic_studio.studio.app import build_demo
 from mosaic_studio.studio.canvas import TARGET
-from mosaic_studio.studio.metadata import read_settings
 from mosaic_studio.studio.local_server import launched
-from studio_fixtures import FAST, box_file, example_references, free_target_point, png_declaring
+from mosaic_studio.studio.metadata import read_settings
 
 # gradio_client's HTTP calls otherwise wait httpx's default 5 s (its heartbeat 20 s): too short for a
 # generation with the default model on a busy 2-core machine. A hung server still fails, after this long.
@@ -23,7 +23,9 @@ HTTP_TIMEOUT_S = 300
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     folder = tmp_path_factory.mktemp("studio")
-    demo = build_demo(load_pipeline(DEFAULT_MODEL_DIR, device="cpu"), store=folder / "store.db", outputs_dir=folder / "out")
+    demo = build_demo(
+        load_pipeline(DEFAULT_MODEL_DIR, device="cpu"), store=folder / "store.db", outputs_dir=folder / "out"
+    )
     with launched(demo) as url:
         yield url, folder / "store.db"
 
@@ -35,14 +37,28 @@ def connect(url: str) -> Client:
 def generate(client, files, prompt="a blue person, a brown quadruped and a yellow bird on a plain background", **kw):
     settings = {**FAST, **kw}
     return client.predict(
-        [handle_file(f) for f in files], prompt, "", settings["width"], settings["height"], settings["steps"], 3.5,
-        7, False, settings.get("images", 1), False, 1, 100, api_name="/generate",
-    )  # fmt: skip
+        [handle_file(f) for f in files],
+        prompt,
+        "",
+        settings["width"],
+        settings["height"],
+        settings["steps"],
+        3.5,
+        7,
+        False,
+        settings.get("images", 1),
+        False,
+        1,
+        100,
+        api_name="/generate",
+    )
 
 
 def test_generate_heatmap_annotate_accept(served):
     url, store_path = served
     client = connect(url)
+    # The API returns the handlers' view fields in order, less the gr.State ones (tabs.generate.GenerateView,
+    # tabs.attention.HeatmapView, SendView): unpacking them here pins the endpoints' output order.
     gallery, downloads, seed, summary = generate(client, example_references(3))
     assert seed == 7 and len(gallery) == 1 and "3 reference(s)" in summary
     for served_png in (downloads[0], gallery[0]["image"]):  # what the download buttons serve
@@ -88,7 +104,12 @@ def test_bad_uploads_are_named_and_the_app_keeps_serving(served, tmp_path):
     text.write_text("not an image")
     bomb = png_declaring(tmp_path / "bomb.png", 20_000, 20_000)
     seven = [box_file(tmp_path / f"b{i}.png") for i in range(7)]
-    cases = [([str(text)], "not a readable image"), ([bomb], "too large"), (seven, "at most 6"), ([], "prompt is empty")]
+    cases = [
+        ([str(text)], "not a readable image"),
+        ([bomb], "too large"),
+        (seven, "at most 6"),
+        ([], "prompt is empty"),
+    ]
     for files, message in cases:
         with pytest.raises(Exception, match=message):
             generate(client, files, prompt="" if not files else "a box")

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from conftest import add_random_lora, make_transformer
 from diffusers.models.embeddings import apply_rotary_emb
 from inputs import random_batch
 
-from conftest import add_random_lora, make_transformer
-from mosaic_studio.mosaic.attention import ReferenceBranch, install_mosaic_attention
+from mosaic_studio.mosaic.attention import ReferenceBranch, install_mosaic_processors
 from mosaic_studio.mosaic.losses import scal_loss
 from mosaic_studio.mosaic.probe import AttentionProbe
 from mosaic_studio.mosaic.transformer import grid_position_ids, mosaic_forward, reference_position_ids
@@ -17,7 +17,7 @@ B, TEXT, TARGET_GRID, REF_GRID, K = 2, 5, (3, 4), (2, 3), 3
 def double_model():
     model = make_transformer().double()
     add_random_lora(model)
-    install_mosaic_attention(model)
+    install_mosaic_processors(model)
     return model
 
 
@@ -31,8 +31,16 @@ def base(linear):
 
 def naive_projections(attn, text, target, refs, rope, ref_rope):
     """Q, K, V of [text, target, refs] written out from the weights, float64."""
-    q = [attn.norm_added_q(heads(attn.add_q_proj(text), attn)), attn.norm_q(heads(base(attn.to_q)(target), attn)), attn.norm_q(heads(attn.to_q(refs), attn))]
-    k = [attn.norm_added_k(heads(attn.add_k_proj(text), attn)), attn.norm_k(heads(base(attn.to_k)(target), attn)), attn.norm_k(heads(attn.to_k(refs), attn))]
+    q = [
+        attn.norm_added_q(heads(attn.add_q_proj(text), attn)),
+        attn.norm_q(heads(base(attn.to_q)(target), attn)),
+        attn.norm_q(heads(attn.to_q(refs), attn)),
+    ]
+    k = [
+        attn.norm_added_k(heads(attn.add_k_proj(text), attn)),
+        attn.norm_k(heads(base(attn.to_k)(target), attn)),
+        attn.norm_k(heads(attn.to_k(refs), attn)),
+    ]
     v = [heads(attn.add_v_proj(text), attn), heads(base(attn.to_v)(target), attn), heads(attn.to_v(refs), attn)]
     rope_all = tuple(torch.cat([a, b]) for a, b in zip(rope, ref_rope))
     q = apply_rotary_emb(torch.cat(q, 1), rope_all, sequence_dim=1)
@@ -71,9 +79,11 @@ def test_double_block_attention_equals_naive_group_masked_attention():
     text, target, refs, rope, ref_rope = block_inputs(model)
     with torch.no_grad():
         target_out, text_out, ref_out = attn(
-            hidden_states=target, encoder_hidden_states=text, image_rotary_emb=rope,
-            references=ReferenceBranch(refs, ref_rope, K, TEXT),
-        )  # fmt: skip
+            hidden_states=target,
+            encoder_hidden_states=text,
+            image_rotary_emb=rope,
+            reference_branch=ReferenceBranch(refs, ref_rope, K, TEXT),
+        )
         q, k, v = naive_projections(attn, text, target, refs, rope, ref_rope)
         scores = torch.einsum("bihd,bjhd->bhij", q, k) / q.shape[-1] ** 0.5
         mask = group_mask(TEXT + target.shape[1], REF_GRID[0] * REF_GRID[1], K)
@@ -94,7 +104,12 @@ def test_a_reference_never_sees_another_reference():
     changed[:, n_ref : 2 * n_ref] += 3.0  # perturb reference 2 only
     with torch.no_grad():
         outs = [
-            attn(hidden_states=target, encoder_hidden_states=text, image_rotary_emb=rope, references=ReferenceBranch(r, ref_rope, K, TEXT))
+            attn(
+                hidden_states=target,
+                encoder_hidden_states=text,
+                image_rotary_emb=rope,
+                reference_branch=ReferenceBranch(r, ref_rope, K, TEXT),
+            )
             for r in (refs, changed)
         ]
     (target_a, _, ref_a), (target_b, _, ref_b) = outs
@@ -112,13 +127,15 @@ def capture_attention_inputs(model, block_names):
 
         return capture
 
-    handles = [model.get_submodule(name).attn.register_forward_pre_hook(hook(name), with_kwargs=True) for name in block_names]
+    handles = [
+        model.get_submodule(name).attn.register_forward_pre_hook(hook(name), with_kwargs=True) for name in block_names
+    ]
     return captured, handles
 
 
 def naive_probe_rows(attn, kwargs, rows):
     """Eq. 8 for one block: softmax over target tokens of Q_u·K_v/sqrt(d), head-averaged."""
-    refs: ReferenceBranch = kwargs["references"]
+    refs: ReferenceBranch = kwargs["reference_branch"]
     q = apply_rotary_emb(attn.norm_q(heads(attn.to_q(refs.hidden_states), attn)), refs.rotary_emb, sequence_dim=1)
     hidden = kwargs["hidden_states"]
     key = attn.norm_k(heads(base(attn.to_k)(hidden), attn))
@@ -135,13 +152,17 @@ def naive_probe_rows(attn, kwargs, rows):
 def test_probe_rows_equal_naive_float64(blocks):
     model = double_model()
     batch = random_batch(model, num_refs=K, ref_grid=REF_GRID, grid=TARGET_GRID)
-    kwargs = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in batch.mosaic_kwargs().items()}
+    kwargs = {
+        k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in batch.mosaic_kwargs().items()
+    }
     rows = torch.tensor([0, 4, 7, 11, 17])
     captured, handles = capture_attention_inputs(model, blocks)
     probe = AttentionProbe(rows)
     with torch.no_grad(), probe.attached(model, blocks):
         mosaic_forward(model, **kwargs)
-        expected = torch.stack([naive_probe_rows(model.get_submodule(n).attn, captured[n], rows) for n in blocks]).mean(0)
+        expected = torch.stack([naive_probe_rows(model.get_submodule(n).attn, captured[n], rows) for n in blocks]).mean(
+            0
+        )
     for h in handles:
         h.remove()
     assert probe.count == len(blocks)

@@ -6,11 +6,15 @@ import json
 import pytest
 from PIL import Image
 
-from mosaic_studio.mosaic.data.semalign import MAX_REFERENCES
 from mosaic_studio.evaluation.benchmark_sets import (
-    BenchmarkFormatError, cases_by_subject_count, fill_template, load_dreambench, load_uno_cases, load_xversebench,
+    BenchmarkFormatError,
+    fill_template,
+    load_dreambench,
+    load_uno_cases,
+    load_xversebench,
     parse_dreambench_prompts,
 )
+from mosaic_studio.mosaic.data.semalign import MAX_REFERENCES
 
 # The layout of google/dreambooth dataset/prompts_and_classes.txt, shortened to 3 subjects and
 # 2 prompts per section.
@@ -73,7 +77,7 @@ def test_dreambench_one_case_per_subject_and_prompt(dreambench):
     # DreamBooth scores against all real images of the subject.
     assert case.metric_references == [dreambench / "dog2" / f"{i:02d}.jpg" for i in range(4)]
     assert [im.size for im in case.load_images()] == [(8, 8)]
-    assert set(cases_by_subject_count(cases)) == {1}
+    assert {case.num_subjects for case in cases} == {1}
 
 
 def test_dreambench_unique_token_and_reference_choice(dreambench):
@@ -82,8 +86,11 @@ def test_dreambench_unique_token_and_reference_choice(dreambench):
     assert cases[0].references == [dreambench / "backpack" / "01.jpg"]
     picks = {"backpack": "02.jpg", "bear_plushie": "00.jpg", "dog2": "03.jpg"}
     cases = load_dreambench(dreambench, reference=picks)
-    assert {c.subjects[0]: c.references[0].name for c in cases} == {"backpack": "02.jpg", "stuffed animal": "00.jpg",
-                                                                     "dog": "03.jpg"}
+    assert {c.subjects[0]: c.references[0].name for c in cases} == {
+        "backpack": "02.jpg",
+        "stuffed animal": "00.jpg",
+        "dog": "03.jpg",
+    }
 
 
 def test_parse_keeps_sections_apart(dreambench):
@@ -137,8 +144,12 @@ def test_dreambench_missing_section(dreambench):
 def test_uno_list_paths_are_relative_to_the_json(tmp_path):
     for subject in ("backpack_dog", "bear_plushie"):
         _write_image(tmp_path / "dreambooth" / "dataset" / subject / "02.jpg")
-    cases = [{"prompt": "a backpack and a stuffed animal in the jungle",
-              "image_paths": ["./dreambooth/dataset/backpack_dog/02.jpg", "./dreambooth/dataset/bear_plushie/02.jpg"]}]
+    cases = [
+        {
+            "prompt": "a backpack and a stuffed animal in the jungle",
+            "image_paths": ["./dreambooth/dataset/backpack_dog/02.jpg", "./dreambooth/dataset/bear_plushie/02.jpg"],
+        }
+    ]
     (tmp_path / "dreambench_multiip.json").write_text(json.dumps(cases))
     [case] = load_uno_cases(tmp_path / "dreambench_multiip.json")
     assert case.case_id == "0" and case.subjects == ["backpack_dog", "bear_plushie"]
@@ -153,10 +164,19 @@ def test_uno_list_paths_are_relative_to_the_json(tmp_path):
 
 def _xverse_entry(index, prompt, inputs):
     """One entry in the layout of XVerse eval/tools/XVerseBench_multi.json."""
-    return {"index": index, "input_images": [], "position_delta": [0, -32], "prompt": prompt,
-            "modulation": [{"type": "adapter",
-                            "src_inputs": [{"image_path": path, "caption": caption} for path, caption, _ in inputs],
-                            "use_words": [[j, word, word] for j, (_, _, word) in enumerate(inputs)]}]}
+    return {
+        "index": index,
+        "input_images": [],
+        "position_delta": [0, -32],
+        "prompt": prompt,
+        "modulation": [
+            {
+                "type": "adapter",
+                "src_inputs": [{"image_path": path, "caption": caption} for path, caption, _ in inputs],
+                "use_words": [[j, word, word] for j, (_, _, word) in enumerate(inputs)],
+            }
+        ],
+    }
 
 
 MAN = ("assets/XVerseBench/human/05_man.jpg", "a man", "man")
@@ -168,8 +188,10 @@ BEAR = ("assets/XVerseBench/animal/13_polar bear.jpg", "a polar bear", "polar be
 def xverse(tmp_path):
     for path, _, _ in (MAN, MOTORCYCLE, BEAR):
         _write_image(tmp_path / path)
-    entries = [_xverse_entry(0, "A man is riding a motorcycle.", [MAN, MOTORCYCLE]),
-               _xverse_entry(1, "A man rides a motorcycle past a polar bear.", [MAN, MOTORCYCLE, BEAR])]
+    entries = [
+        _xverse_entry(0, "A man is riding a motorcycle.", [MAN, MOTORCYCLE]),
+        _xverse_entry(1, "A man rides a motorcycle past a polar bear.", [MAN, MOTORCYCLE, BEAR]),
+    ]
     list_path = tmp_path / "eval" / "tools" / "XVerseBench_multi.json"
     list_path.parent.mkdir(parents=True)
     list_path.write_text(json.dumps(entries, indent=4))
@@ -184,7 +206,7 @@ def test_xversebench_multi_subject_cases(xverse):
     assert cases[1].subjects == ["man", "motorcycle", "polar bear"]
     assert cases[1].references == [root / MAN[0], root / MOTORCYCLE[0], root / BEAR[0]]
     assert cases[1].metric_references == cases[1].references
-    assert {k: [c.case_id for c in v] for k, v in cases_by_subject_count(cases).items()} == {2: ["0"], 3: ["1"]}
+    assert [c.num_subjects for c in cases] == [2, 3]
     # Some real entries add which occurrence of the word in the prompt: [1, "man", "man", 2].
     _rewrite(xverse, lambda e: e[0]["modulation"][0]["use_words"][1].append(2))
     assert load_xversebench(xverse, root=root)[0].subjects == ["man", "motorcycle"]

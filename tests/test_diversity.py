@@ -36,8 +36,10 @@ def flat(value: int = 128, size: int = SIZE) -> np.ndarray:
 def naive_distance(vae, a: np.ndarray, b: np.ndarray) -> float:
     """The formula written out in float64 on features hooked here, independently of the module."""
     feats = {}
-    hooks = [block.register_forward_hook(lambda m, i, out, k=k: feats.setdefault(k, []).append(out))
-             for k, block in enumerate(vae.encoder.down_blocks)]
+    hooks = [
+        block.register_forward_hook(lambda m, i, out, k=k: feats.setdefault(k, []).append(out))
+        for k, block in enumerate(vae.encoder.down_blocks)
+    ]
     with torch.no_grad():
         for image in (a, b):
             vae.encoder(torch.tensor(image, dtype=torch.float32).permute(2, 0, 1)[None] / 127.5 - 1)
@@ -104,11 +106,14 @@ def test_more_different_images_are_farther(distance):
     assert distance(base, noise(0)) > distance(base, perturbed.astype(np.uint8)) > 0
 
 
-@pytest.mark.parametrize("images, message", [
-    ([], "at least 2 images, got 0"),
-    ([flat()], "at least 2 images, got 1"),
-    ([flat(), flat(size=SIZE + 8)], "one size"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        ([], "at least 2 images, got 0"),
+        ([flat()], "at least 2 images, got 1"),
+        ([flat(), flat(size=SIZE + 8)], "one size"),
+    ],
+)
 def test_bad_image_lists_fail_clearly(distance, images, message):
     with pytest.raises(ValueError, match=message):
         mean_pairwise_distance(images, distance)

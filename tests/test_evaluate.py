@@ -73,15 +73,17 @@ def test_oracle_scores_the_true_targets_above_chance(tmp_path):
 
 
 def test_published_case_list_gets_clip_and_dino_scores(tmp_path):
-    from mosaic_studio.mosaic.loading import load_pipeline
     from mosaic_studio.evaluation.published_metrics import PublishedScorer
     from mosaic_studio.evaluation.tiny_scorer_models import save_tiny_scorer_models
+    from mosaic_studio.mosaic.loading import load_pipeline
 
     for name, colour in (("dog", (150, 90, 40)), ("cup", (30, 90, 200))):
         (tmp_path / name).mkdir()
         Image.new("RGB", (48, 48), colour).save(tmp_path / name / "00.png")
-    cases = [{"prompt": "a dog", "image_paths": ["dog/00.png"]},
-             {"prompt": "a dog and a cup", "image_paths": ["dog/00.png", "cup/00.png"]}]  # fmt: skip
+    cases = [
+        {"prompt": "a dog", "image_paths": ["dog/00.png"]},
+        {"prompt": "a dog and a cup", "image_paths": ["dog/00.png", "cup/00.png"]},
+    ]
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     clip, dino = save_tiny_scorer_models(tmp_path / "scorers")
     pipe = load_pipeline(device="cpu")

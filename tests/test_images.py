@@ -78,9 +78,7 @@ def test_load_bytes():
     assert load_image(bytearray(_png_bytes(_red_box_on_white()))).size == (200, 120)
 
 
-@pytest.mark.parametrize(
-    "shape, mode", [((40, 60), "RGB"), ((40, 60, 3), "RGB"), ((40, 60, 4), "RGBA")]
-)
+@pytest.mark.parametrize("shape, mode", [((40, 60), "RGB"), ((40, 60, 3), "RGB"), ((40, 60, 4), "RGBA")])
 def test_load_uint8_arrays(shape, mode):
     array = np.full(shape, 7, dtype=np.uint8)
     image = load_image(array)

@@ -1,9 +1,16 @@
 """Matching helpers: token queries, intersection, Eq. 2 disjointness, P_k sampling."""
+
 import numpy as np
 import pytest
 
-from mosaic_studio.annotator.matching import (Matches, disjoint, intersect, reference_candidates, sample_each,
-                                token_queries)
+from mosaic_studio.annotator.matching import (
+    Matches,
+    disjoint,
+    intersect,
+    reference_candidates,
+    sample_each,
+    token_queries,
+)
 from mosaic_studio.mosaic.data.semalign import pixel_to_token
 
 T = 16  # pixels per token

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import add_random_lora
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from conftest import add_random_lora
 from mosaic_studio.mosaic.lora_io import DEFAULT_WEIGHT_NAME
 from mosaic_studio.mosaic.pipeline import MosaicPipeline
 from mosaic_studio.mosaic.tiny import TinyFluxConfig, tiny_flux_components
@@ -27,12 +27,15 @@ def subject(colour, seed=0, size=96):
     return Image.fromarray(image)
 
 
-REFS = [subject(c, i) for i, c in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (200, 30, 200), (30, 200, 200)])]
+REFS = [
+    subject(c, i)
+    for i, c in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (200, 30, 200), (30, 200, 200)])
+]
 
 
 def generate(pipe, refs, seed=0, **kw):
     kw = {"height": SIZE, "width": SIZE, "num_inference_steps": 2, "output_type": "np", **kw}
-    return pipe("a red box and a green box", references=refs, generator=torch.Generator().manual_seed(seed), **kw)
+    return pipe("a red box and a green box", reference_images=refs, generator=torch.Generator().manual_seed(seed), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +85,7 @@ def test_classifier_free_guidance_runs_two_passes_and_embedded_guidance_one(monk
     calls = []
     cfg_pipe = make_pipe()
     original = MosaicPipeline._denoise
-    monkeypatch.setattr(MosaicPipeline, "_denoise", lambda self, *a: calls.append(1) or original(self, *a))
+    monkeypatch.setattr(MosaicPipeline, "_denoise", lambda self, **kw: calls.append(1) or original(self, **kw))
     generate(cfg_pipe, REFS[:1], guidance_scale=3.0, num_inference_steps=3)
     assert len(calls) == 6
     calls.clear()
@@ -134,7 +137,12 @@ def test_lora_round_trip_in_the_authors_format(tmp_path):
     "corrupt, message",
     [
         (lambda sd: {**sd, "transformer.no_such_block.lora_A.weight": torch.zeros(4, 64)}, "no module 'no_such_block'"),
-        (lambda sd: {k: (v[:, :3].contiguous() if k.endswith("x_embedder.lora_A.weight") else v) for k, v in sd.items()}, "do not fit"),
+        (
+            lambda sd: {
+                k: (v[:, :3].contiguous() if k.endswith("x_embedder.lora_A.weight") else v) for k, v in sd.items()
+            },
+            "do not fit",
+        ),
         (lambda sd: {k: v for k, v in sd.items() if not k.endswith("x_embedder.lora_B.weight")}, "not both"),
         (lambda sd: {"unet.down.lora_A.weight": torch.zeros(1)}, "not a 'transformer"),
     ],
@@ -155,19 +163,26 @@ def test_mismatched_lora_is_refused_and_nothing_is_loaded(tmp_path, corrupt, mes
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"references": REFS + REFS[:1]}, ValueError, "at most 6"),
-        ({"references": [REFS[0], 42]}, TypeError, "reference 2"),
-        ({"references": [Image.new("RGB", (20, 20))]}, ValueError, "20x20|20×20"),
-        ({"references": REFS[0]}, TypeError, "list of images"),
+        ({"reference_images": REFS + REFS[:1]}, ValueError, "at most 6"),
+        ({"reference_images": [REFS[0], 42]}, TypeError, "reference 2"),
+        ({"reference_images": [Image.new("RGB", (20, 20))]}, ValueError, "20x20|20×20"),
+        ({"reference_images": REFS[0]}, TypeError, "list of images"),
         ({"height": 72}, ValueError, "height=72 is not divisible by 16"),
         ({"width": 48, "reference_size": 40}, ValueError, "not divisible by 16"),
-        ({"prompt": "  ", "references": []}, ValueError, "prompt is empty"),
+        ({"prompt": "  ", "reference_images": []}, ValueError, "prompt is empty"),
         ({"num_inference_steps": 0}, ValueError, "num_inference_steps"),
         ({"output_type": "jpeg"}, ValueError, "output_type"),
         ({"record_attention": True, "attention_steps": (2, 1)}, ValueError, "attention_steps"),
     ],
 )
 def test_bad_input_is_named(pipe, kwargs, error, message):
-    call = {"prompt": "a red box", "references": REFS[:1], "height": SIZE, "width": SIZE, "num_inference_steps": 2, **kwargs}
+    call = {
+        "prompt": "a red box",
+        "reference_images": REFS[:1],
+        "height": SIZE,
+        "width": SIZE,
+        "num_inference_steps": 2,
+        **kwargs,
+    }
     with pytest.raises(error, match=message):
         pipe(**call)

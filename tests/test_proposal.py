@@ -3,16 +3,16 @@
 The floors sit a little under what these pairs reach (docs/PROPOSAL_PCK.md has the full
 measurement); the offline extractors keep this file fast, DIFT runs on one small sample.
 """
+
 import numpy as np
 import pytest
 import torch
 
-from mosaic_studio.annotator.pck import PckTally
 from mosaic_studio.annotator.flux_features import FluxRunner
 from mosaic_studio.annotator.matching import intersect
+from mosaic_studio.annotator.pck import PckTally
 from mosaic_studio.annotator.propose import POINT_INFO, ProposalConfig, ProposalRequest, Proposer, build_proposer
-from mosaic_studio.annotator.segment import (AttentionSegmenter, SegmentationInput, make_segmenter,
-                               masks_from_attention)
+from mosaic_studio.annotator.segment import AttentionSegmenter, SegmentationInput, make_segmenter, masks_from_attention
 from mosaic_studio.mosaic.data.semalign import pixel_to_token, token_grid, validate
 from mosaic_studio.world.synthetic import WorldConfig, generate_sample
 
@@ -59,7 +59,7 @@ def assert_output_rules(sample, p_k):
     for k, tokens in enumerate(claimed):
         assert len(tokens) == len(sample.references[k].target_points)  # one point per token
         assert len(tokens) <= p_k
-        for other in claimed[k + 1:]:
+        for other in claimed[k + 1 :]:
             assert not tokens & other  # Eq. 2
     for ref, info in zip(sample.references, sample.meta[POINT_INFO]):
         assert len(info["source"]) == len(info["confidence"]) == len(ref.ref_points)
@@ -102,8 +102,11 @@ def test_p_k_is_respected(floor_samples):
 
 def test_dift_with_sift_on_the_flux_transformer(tiny_pipe):
     small_sample = held_out(1, max_subjects=2)
-    proposer = build_proposer(ProposalConfig(extractors=("dift", "sift")), tiny_pipe,
-                              extractor_options={"dift": {"resolution": 128, "copies": 1}})
+    proposer = build_proposer(
+        ProposalConfig(extractors=("dift", "sift")),
+        tiny_pipe,
+        extractor_options={"dift": {"resolution": 128, "copies": 1}},
+    )
     tally, proposals = run(proposer, [small_sample])
     proposal, per_extractor = proposals[0]
     assert_output_rules(proposal, 150)
@@ -117,10 +120,12 @@ def test_dift_features_read_the_chosen_block(tiny_pipe):
     runner = FluxRunner(tiny_pipe)
     image = held_out(0).target
     reference = held_out(0).references[0].image
-    batched = runner.block_features([image, reference, image[:64]], "single_transformer_blocks.0",
-                                    0.5, 2, resolution=64)
+    batched = runner.block_features(
+        [image, reference, image[:64]], "single_transformer_blocks.0", 0.5, 2, resolution=64
+    )
     assert [tuple(f.shape) for f in batched] == [(tiny_pipe.transformer.inner_dim, 4, 4)] * 2 + [
-        (tiny_pipe.transformer.inner_dim, 2, 4)]
+        (tiny_pipe.transformer.inner_dim, 2, 4)
+    ]
     alone = runner.block_features([reference], "single_transformer_blocks.0", 0.5, 2, resolution=64)
     assert torch.allclose(alone[0], batched[1], atol=1e-4)  # a batch does not change the features
     with pytest.raises(ValueError, match="transformer_blocks.1"):
@@ -129,8 +134,9 @@ def test_dift_features_read_the_chosen_block(tiny_pipe):
 
 def test_attention_segmenter_runs_the_mosaic_model(tiny_pipe):
     sample = held_out(2, max_subjects=2)
-    inp = SegmentationInput(sample.sample_id, sample.target, [r.image for r in sample.references],
-                            ["a", "b"], sample.caption)
+    inp = SegmentationInput(
+        sample.sample_id, sample.target, [r.image for r in sample.references], ["a", "b"], sample.caption
+    )
     masks, exclusive = AttentionSegmenter(FluxRunner(tiny_pipe)).target_masks(inp)
     assert exclusive and len(masks) == len(sample.references)
     assert all(m.shape == sample.target.shape[:2] and m.any() for m in masks)
@@ -147,6 +153,7 @@ def test_masks_from_attention_assign_each_token_to_the_strongest_reference():
 
 
 # --- bad input --------------------------------------------------------------------------------
+
 
 def test_unknown_backend_names_are_refused():
     with pytest.raises(ValueError, match="unknown segmenter 'lang-sam-x'.*ground-truth"):
@@ -170,8 +177,11 @@ def test_requests_the_proposal_cannot_serve(floor_samples):
     request = ProposalRequest.from_sample(floor_samples[0], use_masks=False)
     with pytest.raises(ValueError, match="no stored masks"):
         proposer.propose(request)
-    plain = Proposer(ProposalConfig(segmenter="plain-background", extractors=("sift",)),
-                     make_segmenter("plain-background"), {"sift": proposer.extractors[0]})
+    plain = Proposer(
+        ProposalConfig(segmenter="plain-background", extractors=("sift",)),
+        make_segmenter("plain-background"),
+        {"sift": proposer.extractors[0]},
+    )
     with pytest.raises(ValueError, match="one subject"):
         plain.propose(request)
     request.target = request.target.astype(np.float32)

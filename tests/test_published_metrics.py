@@ -9,7 +9,13 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
 from mosaic_studio.evaluation.published_metrics import (
-    DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL, IMAGENET_MEAN, IMAGENET_STD, PublishedScorer, cosine_matrix, dino_pixels,
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_DINO_MODEL,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PublishedScorer,
+    cosine_matrix,
+    dino_pixels,
     mean_cosine,
 )
 from mosaic_studio.evaluation.tiny_scorer_models import save_tiny_scorer_models
@@ -112,8 +118,11 @@ def test_batching_equals_one_by_one(model_dirs):
     images = [_image(seed, (32 + 8 * seed, 40)) for seed in range(5)]
     prompts = ["a dog", "a dog on the beach with a city in the background", "a red cat", "a toy", "a vase"]
     batched, single = PublishedScorer(*model_dirs, batch_size=2), PublishedScorer(*model_dirs, batch_size=1)
-    for embed, items in (("clip_image_embeddings", images), ("dino_image_embeddings", images),
-                         ("clip_text_embeddings", prompts)):
+    for embed, items in (
+        ("clip_image_embeddings", images),
+        ("dino_image_embeddings", images),
+        ("clip_text_embeddings", prompts),
+    ):
         together = getattr(batched, embed)(items)
         one_by_one = torch.cat([getattr(single, embed)([item]) for item in items])
         assert together.shape[0] == len(items)

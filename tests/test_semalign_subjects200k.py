@@ -9,7 +9,11 @@ from PIL import Image
 
 from mosaic_studio.mosaic.data.semalign import validate
 from mosaic_studio.mosaic.data.subjects200k import (
-    Subjects200KReader, agreeing_cells, annotation_paths, read_pair, subjects200k_uid, split_pair,
+    Subjects200KReader,
+    agreeing_cells,
+    annotation_paths,
+    split_pair,
+    subjects200k_uid,
 )
 
 PANEL = 32  # panel side (the real data: 512)

@@ -1,4 +1,5 @@
 """The review store: round trip, optimistic locking, bad input, audit log, crash safety."""
+
 import dataclasses
 import os
 import random
@@ -11,11 +12,18 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import store_dump as dump
 
-from mosaic_studio.annotator.store import (PointEdit, PointRecord, PointStatus, ReferenceRecord, ReviewStore,
-                             SampleRecord, SampleStatus, VersionConflict)
+from mosaic_studio.annotator.store import (
+    PointEdit,
+    PointRecord,
+    PointStatus,
+    ReferenceRecord,
+    ReviewStore,
+    SampleRecord,
+    SampleStatus,
+    VersionConflict,
+)
 from mosaic_studio.annotator.store_schema import MIGRATIONS
 from mosaic_studio.annotator.verify import stratum_of
 
@@ -23,18 +31,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_sample(sample_id="s0", categories=("chair", "person"), points_per_ref=3):
-    references = tuple(ReferenceRecord(i, f"refs/{sample_id}-{i}.png", category)
-                       for i, category in enumerate(categories))
-    points = tuple(PointRecord(r, j, (10.0 * j + r, 5.5 + j), (20.0 + j, 30.25 + r), "dift+dino",
-                               confidence=0.5 + 0.1 * j)
-                   for r in range(len(categories)) for j in range(points_per_ref))
-    return SampleRecord(sample_id, f"a {' and a '.join(categories)}", f"targets/{sample_id}.png",
-                        references, points)
+    references = tuple(
+        ReferenceRecord(i, f"refs/{sample_id}-{i}.png", category) for i, category in enumerate(categories)
+    )
+    points = tuple(
+        PointRecord(r, j, (10.0 * j + r, 5.5 + j), (20.0 + j, 30.25 + r), "dift+dino", confidence=0.5 + 0.1 * j)
+        for r in range(len(categories))
+        for j in range(points_per_ref)
+    )
+    return SampleRecord(sample_id, f"a {' and a '.join(categories)}", f"targets/{sample_id}.png", references, points)
 
 
 def all_verdicts(sample, verdict="correct"):
-    return {(p.ref_index, p.point_index): verdict
-            for p in sample.points if p.status != PointStatus.DELETED}
+    return {(p.ref_index, p.point_index): verdict for p in sample.points if p.status != PointStatus.DELETED}
 
 
 @pytest.fixture
@@ -54,6 +63,7 @@ def store(store_path):
 
 # --- round trip and schema --------------------------------------------------------------------
 
+
 def test_round_trip(store):
     original = make_sample("s0")
     loaded = store.get_sample("s0")
@@ -61,8 +71,8 @@ def test_round_trip(store):
     assert (loaded.status, loaded.version, loaded.in_sample) == (SampleStatus.PENDING, 0, False)
     assert loaded.references == original.references
     assert loaded.points == tuple(
-        dataclasses.replace(p, proposed_ref_xy=p.ref_xy, proposed_target_xy=p.target_xy)
-        for p in original.points)
+        dataclasses.replace(p, proposed_ref_xy=p.ref_xy, proposed_target_xy=p.target_xy) for p in original.points
+    )
     assert loaded.stratum == stratum_of(["person", "chair"])
 
 
@@ -91,16 +101,25 @@ def test_store_settings_and_migrations(store_path):
 
 # --- reviews ----------------------------------------------------------------------------------
 
+
 def test_save_review_applies_edits_verdicts_and_audit(store, store_path):
     sample = store.get_sample("s0")
     verdicts = all_verdicts(sample)
     verdicts[(0, 1)] = "wrong"
     verdicts[(1, 2)] = "unsure"
-    saved = store.save_review("s0", "alice", 0, verdicts=verdicts, decision="accepted",
-                              duration_s=12.5, edits=[
-                                  PointEdit.move(0, 1, (1.0, 2.0), (3.0, 4.0)),
-                                  PointEdit.delete(1, 2),
-                                  PointEdit.add(1, (7.0, 8.0), (9.0, 10.0))])
+    saved = store.save_review(
+        "s0",
+        "alice",
+        0,
+        verdicts=verdicts,
+        decision="accepted",
+        duration_s=12.5,
+        edits=[
+            PointEdit.move(0, 1, (1.0, 2.0), (3.0, 4.0)),
+            PointEdit.delete(1, 2),
+            PointEdit.add(1, (7.0, 8.0), (9.0, 10.0)),
+        ],
+    )
     assert (saved.version, saved.added) == (1, ((1, 3),))
     after = store.get_sample("s0")
     assert (after.version, after.status) == (1, SampleStatus.ACCEPTED)
@@ -109,17 +128,22 @@ def test_save_review_applies_edits_verdicts_and_audit(store, store_path):
     assert points[(0, 1)].proposed_ref_xy == (10.0, 6.5)
     assert points[(1, 2)].status == PointStatus.DELETED
     added = points[(1, 3)]
-    assert (added.status, added.source, added.proposed_ref_xy) == (PointStatus.ADDED, "annotator",
-                                                                   None)
+    assert (added.status, added.source, added.proposed_ref_xy) == (PointStatus.ADDED, "annotator", None)
     assert points[(0, 0)].status == PointStatus.KEPT
     # The next review judges the new point too, and a new add never reuses a deleted index.
-    second = store.save_review("s0", "bob", 1, verdicts=all_verdicts(after), decision="rejected",
-                               edits=[PointEdit.delete(1, 3), PointEdit.add(1, (0, 0), (0, 0))])
+    second = store.save_review(
+        "s0",
+        "bob",
+        1,
+        verdicts=all_verdicts(after),
+        decision="rejected",
+        edits=[PointEdit.delete(1, 3), PointEdit.add(1, (0, 0), (0, 0))],
+    )
     assert second.added == ((1, 4),)
     with sqlite3.connect(store_path) as conn:
-        assert conn.execute("SELECT annotator, decision, num_judged, duration_s FROM reviews "
-                            "ORDER BY id").fetchall() == [("alice", "accepted", 6, 12.5),
-                                                          ("bob", "rejected", 6, 0.0)]
+        assert conn.execute(
+            "SELECT annotator, decision, num_judged, duration_s FROM reviews ORDER BY id"
+        ).fetchall() == [("alice", "accepted", 6, 12.5), ("bob", "rejected", 6, 0.0)]
         assert conn.execute("SELECT COUNT(*) FROM verdicts").fetchone() == (12,)
         actions = conn.execute("SELECT actor, action FROM audit_log ORDER BY id").fetchall()
     assert actions[-2:] == [("alice", "review"), ("bob", "review")]
@@ -128,12 +152,19 @@ def test_save_review_applies_edits_verdicts_and_audit(store, store_path):
 def test_stale_version_conflicts_and_changes_nothing(store_path):
     with ReviewStore(store_path) as alice, ReviewStore(store_path) as bob:
         seen_by_alice, seen_by_bob = alice.get_sample("s1"), bob.get_sample("s1")
-        alice.save_review("s1", "alice", seen_by_alice.version,
-                          verdicts=all_verdicts(seen_by_alice), decision="accepted")
+        alice.save_review(
+            "s1", "alice", seen_by_alice.version, verdicts=all_verdicts(seen_by_alice), decision="accepted"
+        )
         before = dump(store_path)
         with pytest.raises(VersionConflict) as conflict:
-            bob.save_review("s1", "bob", seen_by_bob.version, verdicts=all_verdicts(seen_by_bob),
-                            decision="rejected", edits=[PointEdit.delete(0, 0)])
+            bob.save_review(
+                "s1",
+                "bob",
+                seen_by_bob.version,
+                verdicts=all_verdicts(seen_by_bob),
+                decision="rejected",
+                edits=[PointEdit.delete(0, 0)],
+            )
         assert dump(store_path) == before
     error = conflict.value
     assert isinstance(error, RuntimeError)
@@ -143,8 +174,14 @@ def test_stale_version_conflicts_and_changes_nothing(store_path):
 
 def good_review():
     verdicts = all_verdicts(make_sample("s0"))
-    return {"sample_id": "s0", "annotator": "alice", "expected_version": 0, "verdicts": verdicts,
-            "decision": "accepted", "edits": []}
+    return {
+        "sample_id": "s0",
+        "annotator": "alice",
+        "expected_version": 0,
+        "verdicts": verdicts,
+        "decision": "accepted",
+        "edits": [],
+    }
 
 
 def with_verdicts(change):
@@ -159,15 +196,13 @@ BAD_REVIEWS = {
     "verdict for missing reference": (with_verdicts({(5, 0): "correct"}), "do not exist"),
     "verdict value": (with_verdicts({(0, 0): "maybe"}), "'maybe' is not one of"),
     "missing verdict": ({**good_review(), "verdicts": {(0, 0): "correct"}}, "needs a verdict"),
-    "move of missing point": ({**good_review(), "edits": [PointEdit.move(0, 9, (1, 1), (1, 1))]},
-                              r"point \(0, 9\)"),
-    "negative coordinate": ({**good_review(), "edits": [PointEdit.move(0, 0, (-1, 1), (1, 1))]},
-                            ">= 0"),
-    "add to missing reference": ({**good_review(), "edits": [PointEdit.add(2, (1, 1), (1, 1))]},
-                                 "reference 2"),
-    "point edited twice": ({**good_review(), "edits": [PointEdit.delete(0, 0),
-                                                       PointEdit.move(0, 0, (1, 1), (1, 1))]},
-                           "twice"),
+    "move of missing point": ({**good_review(), "edits": [PointEdit.move(0, 9, (1, 1), (1, 1))]}, r"point \(0, 9\)"),
+    "negative coordinate": ({**good_review(), "edits": [PointEdit.move(0, 0, (-1, 1), (1, 1))]}, ">= 0"),
+    "add to missing reference": ({**good_review(), "edits": [PointEdit.add(2, (1, 1), (1, 1))]}, "reference 2"),
+    "point edited twice": (
+        {**good_review(), "edits": [PointEdit.delete(0, 0), PointEdit.move(0, 0, (1, 1), (1, 1))]},
+        "twice",
+    ),
     "decision": ({**good_review(), "decision": "pending"}, "decision"),
     "annotator": ({**good_review(), "annotator": " "}, "annotator"),
 }
@@ -185,25 +220,35 @@ def test_bad_review_raises_value_error_and_changes_nothing(store, store_path, na
 
 def test_deleted_point_can_no_longer_be_judged_or_edited(store, store_path):
     sample = store.get_sample("s1")
-    store.save_review("s1", "alice", 0, verdicts=all_verdicts(sample), decision="accepted",
-                      edits=[PointEdit.delete(0, 1)])
+    store.save_review(
+        "s1", "alice", 0, verdicts=all_verdicts(sample), decision="accepted", edits=[PointEdit.delete(0, 1)]
+    )
     before = dump(store_path)
     with pytest.raises(ValueError, match="deleted"):
         store.save_review("s1", "bob", 1, verdicts=all_verdicts(sample), decision="accepted")
     with pytest.raises(ValueError, match="deleted"):
-        store.save_review("s1", "bob", 1, verdicts=all_verdicts(store.get_sample("s1")),
-                          decision="accepted", edits=[PointEdit.delete(0, 1)])
+        store.save_review(
+            "s1",
+            "bob",
+            1,
+            verdicts=all_verdicts(store.get_sample("s1")),
+            decision="accepted",
+            edits=[PointEdit.delete(0, 1)],
+        )
     assert dump(store_path) == before
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"sample_id": "s0"}, "already exists"),
-    ({"points": (PointRecord(3, 0, (1, 1), (1, 1), "x"),)}, "no reference 3"),
-    ({"points": (PointRecord(0, 0, (1, 1), (1, -2), "x"),)}, ">= 0"),
-    ({"points": (PointRecord(0, 0, (1, 1), (1, 1), "x"),) * 2}, "twice"),
-    ({"references": ()}, "K >= 1"),
-    ({"version": 3}, "unreviewed"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"sample_id": "s0"}, "already exists"),
+        ({"points": (PointRecord(3, 0, (1, 1), (1, 1), "x"),)}, "no reference 3"),
+        ({"points": (PointRecord(0, 0, (1, 1), (1, -2), "x"),)}, ">= 0"),
+        ({"points": (PointRecord(0, 0, (1, 1), (1, 1), "x"),) * 2}, "twice"),
+        ({"references": ()}, "K >= 1"),
+        ({"version": 3}, "unreviewed"),
+    ],
+)
 def test_bad_sample_raises_value_error_and_changes_nothing(store, store_path, change, message):
     before = dump(store_path)
     with pytest.raises(ValueError, match=message):
@@ -214,6 +259,7 @@ def test_bad_sample_raises_value_error_and_changes_nothing(store, store_path, ch
 
 
 # --- integrity guarantees ---------------------------------------------------------------------
+
 
 def test_audit_log_is_append_only(store, store_path):
     conn = sqlite3.connect(store_path)
@@ -228,7 +274,7 @@ def test_audit_log_is_append_only(store, store_path):
     sample = store.get_sample("s1")
     store.save_review("s1", "alice", 0, verdicts=all_verdicts(sample), decision="accepted")
     grown = conn.execute("SELECT * FROM audit_log ORDER BY id").fetchall()
-    assert grown[:len(rows)] == rows and len(grown) == len(rows) + 2
+    assert grown[: len(rows)] == rows and len(grown) == len(rows) + 2
     conn.close()
 
 
@@ -237,8 +283,10 @@ def test_foreign_keys_are_enforced(store, store_path):
     with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
         conn.execute("INSERT INTO refs VALUES ('ghost', 0, 'a.png', 'dog')")
     with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
-        conn.execute("INSERT INTO points (sample_id, ref_index, point_index, ref_x, ref_y, tgt_x,"
-                     " tgt_y, status, source) VALUES ('s1', 4, 0, 1, 1, 1, 1, 'added', 'x')")
+        conn.execute(
+            "INSERT INTO points (sample_id, ref_index, point_index, ref_x, ref_y, tgt_x,"
+            " tgt_y, status, source) VALUES ('s1', 4, 0, 1, 1, 1, 1, 'added', 'x')"
+        )
     with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
         conn.execute("INSERT INTO verdicts VALUES (999, 's1', 0, 0, 'correct', 1, 1, 1, 1)")
     with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
@@ -248,6 +296,7 @@ def test_foreign_keys_are_enforced(store, store_path):
 
 # --- queries ----------------------------------------------------------------------------------
 
+
 def test_queue_stats_and_study_queries(store):
     for i in range(2, 5):
         store.add_sample(make_sample(f"s{i}", categories=("dog",)))
@@ -256,22 +305,31 @@ def test_queue_stats_and_study_queries(store):
     first = store.get_sample("s3")
     verdicts = all_verdicts(first)
     verdicts[(0, 0)] = "wrong"
-    store.save_review("s3", "alice", 0, verdicts=verdicts, decision="rejected",
-                      edits=[PointEdit.move(0, 2, (1, 1), (2, 2)),
-                             PointEdit.add(0, (3, 3), (4, 4))])
+    store.save_review(
+        "s3",
+        "alice",
+        0,
+        verdicts=verdicts,
+        decision="rejected",
+        edits=[PointEdit.move(0, 2, (1, 1), (2, 2)), PointEdit.add(0, (3, 3), (4, 4))],
+    )
     assert store.queue("alice", limit=2) == ["s4", "s0"]
     assert store.queue("bob") == ["s4", "s3", "s0", "s1", "s2"]  # unreviewed before second looks
     second = store.get_sample("s3")
-    store.save_review("s3", "bob", 1, verdicts=all_verdicts(second, "correct"),
-                      decision="accepted")
+    store.save_review("s3", "bob", 1, verdicts=all_verdicts(second, "correct"), decision="accepted")
     rows = store.verdict_rows()
     assert sorted(row.verdict for row in rows) == ["correct", "correct", "wrong"]  # alice's
     # (0, 2) moved and (0, 3) added by alice: bob judged other coordinates, so no pair.
     assert sorted(store.verdict_pairs()) == [("correct", "correct"), ("wrong", "correct")]
     assert store.verdict_rows(sampled_only=False) == rows  # no review outside the sample
     stats = store.stats()
-    assert (stats.samples, stats.in_sample, stats.sampled_reviewed, stats.reviews,
-            stats.doubly_reviewed) == (5, 2, 1, 2, 1)
+    assert (stats.samples, stats.in_sample, stats.sampled_reviewed, stats.reviews, stats.doubly_reviewed) == (
+        5,
+        2,
+        1,
+        2,
+        1,
+    )
     assert stats.by_status == {"pending": 4, "accepted": 1}
     with pytest.raises(ValueError, match="ghost"):
         store.mark_sampled(["s0", "ghost"])
@@ -328,28 +386,39 @@ def assert_consistent(path):
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
-        assert conn.execute(
-            "SELECT id, version FROM samples s WHERE version != "
-            "(SELECT COUNT(*) FROM reviews r WHERE r.sample_id = s.id)").fetchall() == []
-        assert conn.execute(  # every review has all its verdict rows
-            "SELECT id FROM reviews r WHERE num_judged = 0 OR num_judged != "
-            "(SELECT COUNT(*) FROM verdicts v WHERE v.review_id = r.id)").fetchall() == []
+        assert (
+            conn.execute(
+                "SELECT id, version FROM samples s WHERE version != "
+                "(SELECT COUNT(*) FROM reviews r WHERE r.sample_id = s.id)"
+            ).fetchall()
+            == []
+        )
+        assert (
+            conn.execute(  # every review has all its verdict rows
+                "SELECT id FROM reviews r WHERE num_judged = 0 OR num_judged != "
+                "(SELECT COUNT(*) FROM verdicts v WHERE v.review_id = r.id)"
+            ).fetchall()
+            == []
+        )
         reviews = conn.execute("SELECT COUNT(*) FROM reviews").fetchone()[0]
         # each save wrote one audit row, added one point and deleted one: all or nothing
-        assert conn.execute("SELECT COUNT(*) FROM audit_log WHERE action = 'review'").fetchone()[
-            0] == reviews
-        assert conn.execute("SELECT COUNT(*) FROM points WHERE source = 'annotator'").fetchone()[
-            0] == reviews
-        assert conn.execute("SELECT COUNT(*) FROM points WHERE status = 'deleted'").fetchone()[
-            0] == reviews
+        assert conn.execute("SELECT COUNT(*) FROM audit_log WHERE action = 'review'").fetchone()[0] == reviews
+        assert conn.execute("SELECT COUNT(*) FROM points WHERE source = 'annotator'").fetchone()[0] == reviews
+        assert conn.execute("SELECT COUNT(*) FROM points WHERE status = 'deleted'").fetchone()[0] == reviews
     return reviews
 
 
 def run_child_until(path, mode, signal_line):
     """Start a child, wait for its first `signal_line`, return (process, watchdog)."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), "big", mode], cwd=REPO_ROOT,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path), "big", mode],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     watchdog = threading.Timer(CHILD_WATCHDOG_S, child.kill)
     watchdog.daemon = True
     watchdog.start()
@@ -400,8 +469,12 @@ def test_sigkill_during_saves_leaves_store_consistent(tmp_path):
     with ReviewStore(path) as store:
         sample = store.get_sample("big")
         doomed = next(p for p in sample.points if p.status != PointStatus.DELETED)
-        store.save_review("big", "parent", sample.version, verdicts=all_verdicts(sample),
-                          decision="accepted", edits=[
-                              PointEdit.delete(doomed.ref_index, doomed.point_index),
-                              PointEdit.add(0, (1.0, 1.0), (1.0, 1.0))])
+        store.save_review(
+            "big",
+            "parent",
+            sample.version,
+            verdicts=all_verdicts(sample),
+            decision="accepted",
+            edits=[PointEdit.delete(doomed.ref_index, doomed.point_index), PointEdit.add(0, (1.0, 1.0), (1.0, 1.0))],
+        )
     assert assert_consistent(path) == reviews + 1

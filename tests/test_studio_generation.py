@@ -4,15 +4,15 @@ maps, and the attention-proposed review item."""
 import numpy as np
 import pytest
 from PIL import Image
+from studio_fixtures import FAST, box_file, example_references
 
-from mosaic_studio.annotator.store import ReviewStore
 from mosaic_studio import DEFAULT_MODEL_DIR
+from mosaic_studio.annotator.store import ReviewStore
 from mosaic_studio.mosaic.loading import load_pipeline
 from mosaic_studio.studio import inspector
 from mosaic_studio.studio.generation import Request, generate, record_blocks
 from mosaic_studio.studio.metadata import read_settings
 from mosaic_studio.studio.proposals import SOURCE, foreground, review_item, subject_point
-from studio_fixtures import FAST, box_file, example_references
 
 
 @pytest.fixture(scope="module")
@@ -21,41 +21,64 @@ def pipe():
 
 
 def request(**changes) -> Request:
-    values = dict(prompt="a blue person, a brown quadruped and a yellow bird", height=FAST["height"],
-                  width=FAST["width"], steps=FAST["steps"], guidance=3.5, seed=5, num_images=2)
+    values = dict(
+        prompt="a blue person, a brown quadruped and a yellow bird",
+        height=FAST["height"],
+        width=FAST["width"],
+        steps=FAST["steps"],
+        guidance=3.5,
+        seed=5,
+        num_images=2,
+    )
     return Request(**{**values, **changes})
 
 
 @pytest.fixture(scope="module")
 def generation(pipe, tmp_path_factory):
     steps = []
-    result = generate(pipe, request(), example_references(3), "human, animal", outputs_dir=tmp_path_factory.mktemp("out"),
-                      on_step=lambda i, n: steps.append((i, n)))
+    result = generate(
+        pipe,
+        request(),
+        example_references(3),
+        "human, animal",
+        outputs_dir=tmp_path_factory.mktemp("out"),
+        on_step=lambda i, n: steps.append((i, n)),
+    )
     assert steps == [(1, 2), (2, 2)]  # the progress bar is fed per denoising step
     return result
 
 
 def model_blocks(transformer) -> list[str]:
     """Every attention block of the model in model order: the double blocks, then the single ones."""
-    return ([f"transformer_blocks.{i}" for i in range(len(transformer.transformer_blocks))]
-            + [f"single_transformer_blocks.{i}" for i in range(len(transformer.single_transformer_blocks))])
+    return [f"transformer_blocks.{i}" for i in range(len(transformer.transformer_blocks))] + [
+        f"single_transformer_blocks.{i}" for i in range(len(transformer.single_transformer_blocks))
+    ]
 
 
 def test_generation_keeps_images_references_maps_and_png_metadata(generation, pipe):
     assert len(generation.images) == 2 and generation.images[0].size == (64, 64)
-    assert [r.size for r in generation.references] == [(64, 64)] * 3
+    assert [r.size for r in generation.reference_images] == [(64, 64)] * 3
     assert generation.categories == ["human", "animal", "object"]
     assert generation.blocks == model_blocks(pipe.transformer)  # all of them: 64² fits the budget
     settings = read_settings(generation.paths[1])
     assert (settings["prompt"], settings["seed"], settings["image"], settings["steps"]) == (
-        "a blue person, a brown quadruped and a yellow bird", 5, 2, 2)
+        "a blue person, a brown quadruped and a yellow bird",
+        5,
+        2,
+        2,
+    )
     assert settings["references"] == ["blue_person.png", "brown_quadruped.png", "yellow_bird.png"]
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(width=4096), "width=4096 is outside"), (dict(num_images=5), "images=5"),
-    (dict(seed=-1), "seed=-1"), (dict(steps=2, attention_first=3), "attention steps 3"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(width=4096), "width=4096 is outside"),
+        (dict(num_images=5), "images=5"),
+        (dict(seed=-1), "seed=-1"),
+        (dict(steps=2, attention_first=3), "attention steps 3"),
+    ],
+)
 def test_bad_requests_are_named(pipe, changes, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         generate(pipe, request(**changes), [], outputs_dir=tmp_path)

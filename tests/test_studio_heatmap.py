@@ -5,7 +5,14 @@ import pytest
 from matplotlib import colormaps
 from PIL import Image
 
-from mosaic_studio.studio.heatmap import colorize, heatmap_overlay, overlap, overview_overlay, reference_colours, token_centre
+from mosaic_studio.studio.heatmap import (
+    colorize,
+    heatmap_overlay,
+    overlap,
+    overview_overlay,
+    reference_colours,
+    token_centre,
+)
 
 
 def test_colorize_is_the_matplotlib_colormap():

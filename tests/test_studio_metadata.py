@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from mosaic_studio import DEFAULT_MODEL_DIR
-from mosaic_studio.studio.options import default_store_path, parse_args
 from mosaic_studio.studio.examples import EXAMPLES_DIR, load_examples
 from mosaic_studio.studio.metadata import TEXT_KEY, read_settings, save_png
+from mosaic_studio.studio.options import default_store_path, parse_args
 
 
 def test_png_settings_round_trip(tmp_path):
@@ -47,7 +47,12 @@ def test_flags_and_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MOSAIC_QUANTIZE", "4bit")
     args = parse_args(["--port", "8000"])
     assert (args.model, args.cpu_offload, args.store, args.quantize, args.port) == (
-        "black-forest-labs/FLUX.1-dev", True, str(tmp_path / "s.db"), "4bit", 8000)
+        "black-forest-labs/FLUX.1-dev",
+        True,
+        str(tmp_path / "s.db"),
+        "4bit",
+        8000,
+    )
     with pytest.raises(SystemExit):
         parse_args(["--quantize", "2bit"])
 

@@ -2,10 +2,11 @@
 
 import json
 
+from test_studio_review import sample
+
 from mosaic_studio.annotator.records import PointEdit
 from mosaic_studio.annotator.store import ReviewStore
 from mosaic_studio.studio.report import EXPORT_FORMAT, export_accepted, report_markdown
-from test_studio_review import sample
 
 
 def review(store, sample_id, annotator, verdict, decision="accepted", edits=()):
@@ -33,7 +34,15 @@ def test_export_writes_accepted_samples_with_their_current_points(tmp_path):
     with ReviewStore(tmp_path / "s.db") as store:
         store.add_sample(sample("a", refs=1))
         store.add_sample(sample("b", refs=1))
-        review(store, "a", "ann", "correct", edits=[PointEdit.move(0, 1, (1.0, 2.0), (3.0, 4.0)), ])
+        review(
+            store,
+            "a",
+            "ann",
+            "correct",
+            edits=[
+                PointEdit.move(0, 1, (1.0, 2.0), (3.0, 4.0)),
+            ],
+        )
         review(store, "b", "ann", "wrong", decision="rejected")
         path, count = export_accepted(store, tmp_path / "export.json")
     data = json.loads(path.read_text())

@@ -2,15 +2,25 @@
 
 import pytest
 
-from mosaic_studio.annotator.records import EditAction, PointRecord, PointStatus, ReferenceRecord, SampleRecord, SampleStatus
+from mosaic_studio.annotator.records import (
+    EditAction,
+    PointRecord,
+    PointStatus,
+    ReferenceRecord,
+    SampleRecord,
+    SampleStatus,
+)
 from mosaic_studio.annotator.store import ReviewStore, VersionConflict
 from mosaic_studio.studio.review import Draft
 
 
 def sample(sample_id="s1", refs=2, points_per_ref=2) -> SampleRecord:
     references = tuple(ReferenceRecord(k, f"ref_{k}.png", "object") for k in range(refs))
-    points = tuple(PointRecord(k, i, (10.0 + i, 20.0 + k), (30.0 + i, 40.0 + k), "test")
-                   for k in range(refs) for i in range(points_per_ref))
+    points = tuple(
+        PointRecord(k, i, (10.0 + i, 20.0 + k), (30.0 + i, 40.0 + k), "test")
+        for k in range(refs)
+        for i in range(points_per_ref)
+    )
     return SampleRecord(sample_id, "a caption", "target.png", references, points)
 
 
@@ -25,7 +35,8 @@ def test_move_judges_the_shown_position_wrong_and_becomes_a_move_edit():
     verdicts, edits = draft.review()
     assert verdicts[(0, 1)] == "wrong" and verdicts[(0, 0)] == "correct"
     assert [(e.action, e.ref_index, e.point_index, e.target_xy) for e in edits] == [
-        (EditAction.MOVE, 0, 1, (50.0, 60.0))]
+        (EditAction.MOVE, 0, 1, (50.0, 60.0))
+    ]
     assert edits[0].ref_xy == (11.0, 20.0)  # the other end stays
 
 

@@ -8,7 +8,7 @@ import pytest
 from mosaic_studio.mosaic.data.semalign import CATEGORIES, SemAlignDataset, load_sample, save_sample, validate
 from mosaic_studio.world import synthetic
 from mosaic_studio.world.shapes import KINDS, identity_split, make_identity, shade
-from mosaic_studio.world.synthetic import WorldConfig, generate_sample, generate_samples
+from mosaic_studio.world.synthetic import WorldConfig, generate_sample
 
 CONFIG = WorldConfig(target_size=128, ref_size=64)
 SEEDS_CHECKED = 24  # samples whose geometry is re-derived from scratch
@@ -85,7 +85,7 @@ def test_eq2_holds_at_the_token_size_and_its_divisors():
 
 
 def test_scenes_cover_every_subject_count_and_category():
-    samples = list(generate_samples(120, 0, "train", CONFIG))
+    samples = [generate_sample(0, i, "train", CONFIG) for i in range(120)]
     counts = {len(s.references) for s in samples}
     assert counts == set(range(1, 7))
     assert {r.category for s in samples for r in s.references} == set(CATEGORIES)
@@ -108,16 +108,18 @@ def test_captions_name_kind_and_colour_only():
     pattern, accent colour and detail must be read from the reference."""
     for index in range(30):
         sample = generate_sample(5, index, "train", CONFIG)
-        names = [f"{'an' if s['colour'][0] in 'aeiou' else 'a'} {s['colour']} {r.label}"
-                 for r, s in zip(sample.references, sample.meta["subjects"])]
+        names = [
+            f"{'an' if s['colour'][0] in 'aeiou' else 'a'} {s['colour']} {r.label}"
+            for r, s in zip(sample.references, sample.meta["subjects"])
+        ]
         listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
         assert sample.caption == f"{listed} on {synthetic.BACKGROUNDS[sample.meta['background']]}"
         assert all(r.label in KINDS[r.category] for r in sample.references)
 
 
 def test_heldout_identities_never_appear_in_training():
-    train = {s["identity"] for x in generate_samples(150, 0, "train", CONFIG) for s in x.meta["subjects"]}
-    heldout = {s["identity"] for x in generate_samples(60, 0, "heldout", CONFIG) for s in x.meta["subjects"]}
+    train = {s["identity"] for i in range(150) for s in generate_sample(0, i, "train", CONFIG).meta["subjects"]}
+    heldout = {s["identity"] for i in range(60) for s in generate_sample(0, i, "heldout", CONFIG).meta["subjects"]}
     assert train and heldout and not train & heldout
     assert {identity_split(i) for i in train} == {"train"}
     assert {identity_split(i) for i in heldout} == {"heldout"}
@@ -154,6 +156,6 @@ def test_cli_writes_a_resumable_dataset(tmp_path, capsys):
 def test_generation_is_fast():
     generate_sample(0, 0, "train", CONFIG)  # imports and caches warm
     start = time.perf_counter()
-    for _ in generate_samples(200, 9, "train", CONFIG):
-        pass
+    for index in range(200):
+        generate_sample(9, index, "train", CONFIG)
     assert time.perf_counter() - start < 5.0  # ~0.7 s here; loose for slow CI machines

@@ -1,10 +1,11 @@
-"""Tests for the tiny FLUX-architecture default pipeline (`mosaic_studio.mosaic.tiny`, `mosaic_studio.mosaic.build_tiny`)."""
+"""Tests for the tiny FLUX-architecture pipeline builder (`mosaic_studio.mosaic.tiny`, `.build_tiny`)."""
 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before diffusers/transformers import: never reach the hub
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,14 @@ from safetensors.torch import load_file
 
 from mosaic_studio import DEFAULT_MODEL_DIR
 from mosaic_studio.mosaic.build_tiny import main
-from mosaic_studio.mosaic.tiny import BUILD_INFO, TinyFluxConfig, build_tiny_pipeline, dir_size, load_vocab, tiny_flux_components
+from mosaic_studio.mosaic.tiny import (
+    BUILD_INFO,
+    TinyFluxConfig,
+    build_tiny_pipeline,
+    dir_size,
+    load_vocab,
+    tiny_flux_components,
+)
 
 ASSET = DEFAULT_MODEL_DIR
 PROMPT = "A red cat, and 2 blue dogs on the grass."
@@ -51,8 +59,15 @@ def pipe(built) -> FluxPipeline:
 
 
 def _generate(pipe: FluxPipeline, seed: int, steps: int = 2) -> np.ndarray:
-    return pipe(PROMPT, height=64, width=64, num_inference_steps=steps, max_sequence_length=32,
-                generator=torch.Generator().manual_seed(seed), output_type="np").images
+    return pipe(
+        PROMPT,
+        height=64,
+        width=64,
+        num_inference_steps=steps,
+        max_sequence_length=32,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+    ).images
 
 
 # ---------------------------------------------------------------- layout and size
@@ -80,11 +95,25 @@ def test_rebuild_replaces_directory_and_cli_reports_size(tmp_path, capsys):
     out = tmp_path / "tiny-flux"
     out.mkdir()
     (out / "stale.txt").write_text("old build")
-    assert main(["--out", str(out), "--seed", "3"]) == 0
+    assert main(["--out", str(out), "--seed", "3", "--force"]) == 0
     assert "MiB" in capsys.readouterr().out
     assert not (out / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["tiny-flux"], "temp or backup dir left behind"
     assert json.loads((out / BUILD_INFO).read_text())["seed"] == 3
+
+
+def test_cli_refuses_to_overwrite_a_trained_model_without_force(tmp_path, capsys):
+    trained = tmp_path / "trained"
+    shutil.copytree(DEFAULT_MODEL_DIR, trained)
+    before = {p.name: p.stat().st_mtime_ns for p in trained.rglob("*")}
+    with pytest.raises(SystemExit) as refused:
+        main(["--out", str(trained)])
+    assert refused.value.code == 2
+    message = capsys.readouterr().err
+    assert "trained model" in message and "--force" in message
+    assert {p.name: p.stat().st_mtime_ns for p in trained.rglob("*")} == before, "the trained model was touched"
+    with pytest.raises(SystemExit):
+        main([])  # --out is required: no default that points at the shipped model
 
 
 # ---------------------------------------------------------------- architecture
@@ -128,7 +157,7 @@ def test_clip_tokenizer_round_trip(pipe):
     assert tok.unk_token_id != tok.eos_token_id, "an unknown word must not look like the EOS"
     padded = tok(PROMPT, padding="max_length", max_length=77, truncation=True).input_ids
     assert len(padded) == 77 == tok.model_max_length
-    assert padded[: len(ids)] == ids and set(padded[len(ids):]) == {tok.eos_token_id}  # CLIP pads with EOS
+    assert padded[: len(ids)] == ids and set(padded[len(ids) :]) == {tok.eos_token_id}  # CLIP pads with EOS
     long = tok(" ".join(["cat"] * 100), truncation=True, max_length=77).input_ids
     assert len(long) == 77 and long[-1] == tok.eos_token_id
 
@@ -141,7 +170,7 @@ def test_t5_tokenizer_round_trip(pipe):
     assert tok.convert_ids_to_tokens(ids[:3]) == ["a", "red", "cat"]
     assert tok("a zorblax").input_ids == [tok.convert_tokens_to_ids("a"), tok.unk_token_id, tok.eos_token_id]
     padded = tok(PROMPT, padding="max_length", max_length=32).input_ids
-    assert padded[len(ids):] == [0] * (32 - len(ids))
+    assert padded[len(ids) :] == [0] * (32 - len(ids))
 
 
 def test_tokenizers_survive_save_and_load(pipe):
@@ -240,7 +269,9 @@ def test_bad_config_names_the_field(overrides, field):
 
 
 def test_committed_asset_loads_offline_and_generates():
-    assert (ASSET / "model_index.json").is_file(), "run: python -m mosaic_studio.mosaic.build_tiny --out mosaic_studio/assets/tiny-flux"
+    assert (ASSET / "model_index.json").is_file(), (
+        "the embedded default is missing: rebuild it with python -m mosaic_studio.train.build_default"
+    )
     pipe = _load(ASSET)
     assert pipe.transformer.config.in_channels == 4 * pipe.vae.config.latent_channels
     assert pipe.tokenizer(PROMPT).input_ids[-1] == pipe.text_encoder.config.eos_token_id

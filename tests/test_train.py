@@ -13,8 +13,16 @@ from mosaic_studio.train.data import BatchSource
 from mosaic_studio.train.trainer import NonFiniteLoss, checkpoints, train
 
 TINY = TinyFluxConfig(vae_block_out_channels=(16, 32, 64))  # 4x VAE: 8 px per token
-FAST = ["data.target_size=64", "data.ref_size=32", "data.max_subjects=3", "optim.batch_size=2",
-        "optim.warmup_steps=0", "model.max_sequence_length=16", "run.log_every=1", "loss.points_per_reference=8"]  # fmt: skip
+FAST = [
+    "data.target_size=64",
+    "data.ref_size=32",
+    "data.max_subjects=3",
+    "optim.batch_size=2",
+    "optim.warmup_steps=0",
+    "model.max_sequence_length=16",
+    "run.log_every=1",
+    "loss.points_per_reference=8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +33,12 @@ def tiny_dir(tmp_path_factory):
 def log_losses(run_dir):
     with (run_dir / "log.csv").open() as handle:
         return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(handle)]
+
+
+def log_rows(run_dir):
+    """Every column but the wall time."""
+    with (run_dir / "log.csv").open() as handle:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(handle)]
 
 
 def test_config_file_overrides_and_unknown_keys(tmp_path):
@@ -93,10 +107,14 @@ def test_resume_continues_the_uninterrupted_loss_trajectory(tiny_dir, tmp_path, 
     train(load_config(None, [*common, f"run.output_dir={split}", "optim.max_steps=3"]))
     train(load_config(None, [*common, f"run.output_dir={split}", "optim.max_steps=6"]))
     assert log_losses(split) == log_losses(whole)
+    assert log_rows(split) == log_rows(whole)  # the per-noise-level loss bins too
+    assert [f"loss_bin_{i}" for i in range(10)] == list(log_rows(whole)[0])[-10:]
+    assert any(r["loss_bin_5"] for r in log_rows(whole))  # t is logit-normal: the middle bins fill
     assert [p.name for p in checkpoints(split)] == ["step-3", "step-6"]
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("log_every", [1, 4])  # 4: found only before the checkpoint after step 3 is written
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dir, tmp_path, monkeypatch, log_every):
     from mosaic_studio.train import stages
 
     real = stages.BaseStage.loss
@@ -106,8 +124,18 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dir, tmp_
         return (loss * float("nan"), logs) if step == 3 else (loss, logs)
 
     monkeypatch.setattr(stages.BaseStage, "loss", poisoned)
-    config = load_config(None, [*FAST, "stage=base", f"model.pretrained={tiny_dir}", f"run.output_dir={tmp_path}",
-                                "optim.max_steps=10", "run.checkpoint_every=2"])  # fmt: skip
+    config = load_config(
+        None,
+        [
+            *FAST,
+            "stage=base",
+            f"model.pretrained={tiny_dir}",
+            f"run.output_dir={tmp_path}",
+            "optim.max_steps=10",
+            "run.checkpoint_every=2",
+            f"run.log_every={log_every}",
+        ],
+    )
     with pytest.raises(NonFiniteLoss, match="nan at step 3.*last good checkpoint: step-2"):
         train(config)
     assert [p.name for p in checkpoints(tmp_path)] == ["step-2"]

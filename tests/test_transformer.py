@@ -1,19 +1,21 @@
-"""The multi-branch forward against stock diffusers and against its own semantics (SPEC §2)."""
+"""The multi-branch forward against stock diffusers and against its own semantics (docs/DESIGN.md §1)."""
 
 import copy
 
 import pytest
 import torch
+from conftest import add_random_lora, make_transformer
 from inputs import random_batch
 
-from conftest import add_random_lora, make_transformer
+from mosaic_studio.mosaic.attention import install_mosaic_processors
 from mosaic_studio.mosaic.transformer import mosaic_forward, reference_position_ids
 
 
 @pytest.mark.parametrize("guidance_embeds", [False, True])
 def test_no_references_no_lora_equals_stock_forward(guidance_embeds):
-    model = make_transformer(guidance_embeds=guidance_embeds)
+    model = make_transformer(guidance_embeds=guidance_embeds, mosaic=False)
     stock = copy.deepcopy(model)  # keeps diffusers' own attention processors
+    install_mosaic_processors(model)
     batch = random_batch(model, guidance=3.5 if guidance_embeds else None)
     with torch.no_grad():
         expected = stock(**batch.stock_kwargs()).sample
@@ -22,8 +24,9 @@ def test_no_references_no_lora_equals_stock_forward(guidance_embeds):
 
 
 def test_lora_never_touches_text_or_target():
-    model = make_transformer()
+    model = make_transformer(mosaic=False)
     stock = copy.deepcopy(model)
+    install_mosaic_processors(model)
     add_random_lora(model)
     batch = random_batch(model)
     with torch.no_grad():
@@ -48,8 +51,10 @@ def test_references_change_the_prediction_and_order_matters():
     batch = random_batch(model, num_refs=2)
     with torch.no_grad():
         two = mosaic_forward(model, **batch.mosaic_kwargs())
-        none = mosaic_forward(model, **{**batch.mosaic_kwargs(), "references": None, "reference_ids": None})
-        swapped = mosaic_forward(model, **{**batch.mosaic_kwargs(), "references": batch.references.flip(1)})
+        none = mosaic_forward(model, **{**batch.mosaic_kwargs(), "reference_latents": None, "reference_ids": None})
+        swapped = mosaic_forward(
+            model, **{**batch.mosaic_kwargs(), "reference_latents": batch.reference_latents.flip(1)}
+        )
     assert (two - none).abs().max() > 1e-3
     assert (two - swapped).abs().max() > 1e-5  # positions tell the references apart
 
@@ -76,7 +81,9 @@ def test_references_use_timestep_zero_and_guidance_one():
     batch = random_batch(model, num_refs=1, guidance=4.0)
     with torch.no_grad():
         mosaic_forward(model, **batch.mosaic_kwargs())
-        mosaic_forward(model, **{**batch.mosaic_kwargs(), "timestep": batch.timestep * 0.5, "guidance": batch.guidance * 2})
+        mosaic_forward(
+            model, **{**batch.mosaic_kwargs(), "timestep": batch.timestep * 0.5, "guidance": batch.guidance * 2}
+        )
     handle.remove()
     (target_a, ref_a), (target_b, ref_b) = seen[:2], seen[2:]
     assert (target_a - target_b).abs().max() > 1e-4

@@ -1,4 +1,5 @@
 """Sampling, error-rate and agreement statistics (annotator.verify) and the annotator CLI."""
+
 import json
 import math
 from collections import Counter
@@ -8,9 +9,18 @@ import pytest
 from mosaic_studio.annotator.cli import main
 from mosaic_studio.annotator.records import PointRecord, ReferenceRecord, SampleRecord
 from mosaic_studio.annotator.store import ReviewStore
-from mosaic_studio.annotator.verify import (VerdictRow, cohens_kappa, error_report, observed_agreement,
-                              sample_size, stratified_sample, stratum_from_text, stratum_of,
-                              stratum_to_text, wilson_interval)
+from mosaic_studio.annotator.verify import (
+    VerdictRow,
+    cohens_kappa,
+    error_report,
+    observed_agreement,
+    sample_size,
+    stratified_sample,
+    stratum_from_text,
+    stratum_of,
+    stratum_to_text,
+    wilson_interval,
+)
 
 Z = 1.96  # the textbook 95% quantile used in published tables
 EXACT = 1e-12
@@ -18,25 +28,29 @@ EXACT = 1e-12
 
 def population(sizes):
     """(sample_id, stratum) pairs: sizes maps a category tuple to its number of samples."""
-    return [(f"{'-'.join(categories)}-{i:03d}", stratum_of(categories))
-            for categories, size in sizes.items() for i in range(size)]
+    return [
+        (f"{'-'.join(categories)}-{i:03d}", stratum_of(categories))
+        for categories, size in sizes.items()
+        for i in range(size)
+    ]
 
 
-SIZES = {("dog",): 1, ("cat",): 5, ("chair", "person"): 10, ("person", "person"): 30,
-         ("bag", "boy", "woman"): 101}
+SIZES = {("dog",): 1, ("cat",): 5, ("chair", "person"): 10, ("person", "person"): 30, ("bag", "boy", "woman"): 101}
 
 
 # --- strata and sampling ----------------------------------------------------------------------
 
+
 def test_stratum_is_count_and_sorted_multiset():
     assert stratum_of(["person", "chair", "person"]) == (3, ("chair", "person", "person"))
-    stratum = stratum_of(["b+c", "a, \"x\""])
+    stratum = stratum_of(["b+c", 'a, "x"'])
     assert stratum_from_text(stratum_to_text(stratum)) == stratum
 
 
-@pytest.mark.parametrize("population_size, fraction, expected", [
-    (1, 0.1, 1), (9, 0.1, 1), (10, 0.1, 1), (11, 0.1, 2), (30, 0.1, 3), (101, 0.1, 11),
-    (7, 1.0, 7), (0, 0.1, 0)])
+@pytest.mark.parametrize(
+    "population_size, fraction, expected",
+    [(1, 0.1, 1), (9, 0.1, 1), (10, 0.1, 1), (11, 0.1, 2), (30, 0.1, 3), (101, 0.1, 11), (7, 1.0, 7), (0, 0.1, 0)],
+)
 def test_sample_size_rounds_up(population_size, fraction, expected):
     assert sample_size(population_size, fraction) == expected
 
@@ -78,6 +92,7 @@ def test_stratified_sample_rejects_duplicate_ids():
 
 # --- Wilson interval --------------------------------------------------------------------------
 
+
 def test_wilson_matches_closed_form_for_3_of_100():
     # The score interval in its other textbook form:
     # (x + z²/2 ± z·sqrt(x(n−x)/n + z²/4)) / (n + z²)
@@ -111,11 +126,16 @@ def test_wilson_is_symmetric_and_defined_without_data():
 
 # --- error report -----------------------------------------------------------------------------
 
+
 def test_error_report_per_stratum_and_pooled_overall():
     one, two = stratum_of(["dog"]), stratum_of(["cat", "dog"])
-    rows = ([VerdictRow("a", one, "wrong")] * 2 + [VerdictRow("a", one, "correct")] * 7
-            + [VerdictRow("b", one, "correct"), VerdictRow("b", one, "unsure")]
-            + [VerdictRow("c", two, "correct")] * 5 + [VerdictRow("c", two, "wrong")])
+    rows = (
+        [VerdictRow("a", one, "wrong")] * 2
+        + [VerdictRow("a", one, "correct")] * 7
+        + [VerdictRow("b", one, "correct"), VerdictRow("b", one, "unsure")]
+        + [VerdictRow("c", two, "correct")] * 5
+        + [VerdictRow("c", two, "wrong")]
+    )
     report = error_report(rows)
     assert list(report.strata) == [one, two]
     first = report.strata[one]
@@ -137,6 +157,7 @@ def test_error_report_rejects_unknown_verdict_and_handles_no_data():
 
 # --- Cohen's kappa ----------------------------------------------------------------------------
 
+
 def kappa_from_confusion(matrix):
     """κ from a confusion matrix (rows: annotator A, columns: annotator B), by the definition."""
     n = sum(map(sum, matrix))
@@ -148,8 +169,7 @@ def kappa_from_confusion(matrix):
 
 
 def pairs_from_confusion(labels, matrix):
-    return [(a, b) for i, a in enumerate(labels) for j, b in enumerate(labels)
-            for _ in range(matrix[i][j])]
+    return [(a, b) for i, a in enumerate(labels) for j, b in enumerate(labels) for _ in range(matrix[i][j])]
 
 
 def test_kappa_two_by_two_by_hand():
@@ -182,11 +202,14 @@ def test_kappa_edge_cases():
 
 # --- CLI --------------------------------------------------------------------------------------
 
+
 def cli_sample(sample_id, categories):
-    references = tuple(ReferenceRecord(i, f"refs/{sample_id}-{i}.png", category)
-                       for i, category in enumerate(categories))
-    points = tuple(PointRecord(r, j, (1.0 + j, 2.0), (3.0, 4.0 + r), "dift+dino")
-                   for r in range(len(categories)) for j in range(2))
+    references = tuple(
+        ReferenceRecord(i, f"refs/{sample_id}-{i}.png", category) for i, category in enumerate(categories)
+    )
+    points = tuple(
+        PointRecord(r, j, (1.0 + j, 2.0), (3.0, 4.0 + r), "dift+dino") for r in range(len(categories)) for j in range(2)
+    )
     return SampleRecord(sample_id, "a caption", f"targets/{sample_id}.png", references, points)
 
 
@@ -207,8 +230,7 @@ def test_cli_sample_then_report(tmp_path, capsys):
                 sample = store.get_sample(sample_id)
                 verdicts = {(p.ref_index, p.point_index): verdict for p in sample.points}
                 verdicts[(0, 0)] = "correct"
-                store.save_review(sample_id, annotator, sample.version, verdicts=verdicts,
-                                  decision="rejected")
+                store.save_review(sample_id, annotator, sample.version, verdicts=verdicts, decision="rejected")
     assert main(["report", "--store", str(path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert [row["samples"] for row in report["strata"]] == [2, 1]

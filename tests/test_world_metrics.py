@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from mosaic_studio.evaluation.metrics import attention_pck
+from mosaic_studio.evaluation.world_metrics import SCALES, chance_fidelity, subject_scores
 from mosaic_studio.world.shapes import MAIN, make_identity, shade
 from mosaic_studio.world.synthetic import _pixel_centres, _reference, _to_local
-from mosaic_studio.evaluation.world_metrics import SCALES, chance_fidelity, subject_scores
 
 SIDE = 128
 BACKGROUND = (214, 204, 190)
@@ -32,7 +32,9 @@ def render(subjects, side=SIDE):
     image = np.empty((side, side, 3), np.uint8)
     image[:] = BACKGROUND
     for identity, centre in subjects:
-        covered, colour = shade(identity, *_to_local(placement(identity, centre, SCALES[8] * side), *_pixel_centres(0, 0, side, side)))
+        covered, colour = shade(
+            identity, *_to_local(placement(identity, centre, SCALES[8] * side), *_pixel_centres(0, 0, side, side))
+        )
         image[covered] = colour[covered]
     return image
 

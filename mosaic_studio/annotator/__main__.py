@@ -1,4 +1,5 @@
 """`python -m mosaic_studio.annotator COMMAND …`; the commands live in annotator.cli."""
+
 from mosaic_studio.annotator.cli import main
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
 
 Heavy modules (torch, diffusers, transformers) are imported only by the command that needs them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,30 +25,40 @@ def _env_int(name: str, default: int) -> int:
 
 # --- propose ----------------------------------------------------------------------------------
 
+
 def add_propose_command(commands) -> None:
     from mosaic_studio.annotator.propose import PAPER_P_K, ProposalConfig
     from mosaic_studio.annotator.segment import SEGMENTERS
 
     defaults = ProposalConfig()
     parser = commands.add_parser("propose", help="propose correspondences for a data folder")
-    parser.add_argument("--data", type=Path, required=True,
-                        help="folder of SemAlign-MS sample folders or request.json folders")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="folder of SemAlign-MS sample folders or request.json folders"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output dataset folder (resumable)")
     parser.add_argument("--segmenter", choices=sorted(SEGMENTERS), default=defaults.segmenter)
-    parser.add_argument("--extractors", default=DEFAULT_EXTRACTORS,
-                        help="comma-separated: dift, dinov2, sift, patch; two or more are "
-                             "intersected (default %(default)s)")
-    parser.add_argument("--radius", type=int, default=defaults.radius,
-                        help="agreement radius in reference tokens; 0 = the authors' rule")
+    parser.add_argument(
+        "--extractors",
+        default=DEFAULT_EXTRACTORS,
+        help="comma-separated: dift, dinov2, sift, patch; two or more are intersected (default %(default)s)",
+    )
+    parser.add_argument(
+        "--radius",
+        type=int,
+        default=defaults.radius,
+        help="agreement radius in reference tokens; 0 = the authors' rule",
+    )
     parser.add_argument("--p-k", type=int, default=PAPER_P_K, help="points per reference at most")
     parser.add_argument("--token-size", type=int, default=defaults.token_size)
     parser.add_argument("--candidate-grid", type=int, default=defaults.candidate_grid)
-    parser.add_argument("--no-mirror-test", action="store_true",
-                        help="do not also match against the mirrored reference")
+    parser.add_argument(
+        "--no-mirror-test", action="store_true", help="do not also match against the mirrored reference"
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     model = parser.add_argument_group("models")
-    model.add_argument("--model", default=None,
-                       help="FLUX/MOSAIC pipeline for dift and attention (default: the embedded one)")
+    model.add_argument(
+        "--model", default=None, help="FLUX/MOSAIC pipeline for dift and attention (default: the embedded one)"
+    )
     model.add_argument("--lora", default="auto", help="'auto', 'none', or a LoRA file/folder/hub id")
     model.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when available, else cpu")
     model.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
@@ -62,8 +73,12 @@ def add_propose_command(commands) -> None:
     model.add_argument("--text-threshold", type=float, default=None)
     parser.add_argument("--rank", type=int, default=_env_int("RANK", 0))
     parser.add_argument("--world-size", type=int, default=_env_int("WORLD_SIZE", 1))
-    parser.add_argument("--on-error", choices=["stop", "skip"], default="stop",
-                        help="a sample that cannot be proposed stops the run, or is skipped")
+    parser.add_argument(
+        "--on-error",
+        choices=["stop", "skip"],
+        default="stop",
+        help="a sample that cannot be proposed stops the run, or is skipped",
+    )
     parser.set_defaults(run=run_propose)
 
 
@@ -79,19 +94,34 @@ def run_propose(args: argparse.Namespace) -> int:
     from mosaic_studio.annotator.propose import ProposalConfig, build_proposer
     from mosaic_studio.annotator.propose_run import manifest_of, run_proposals
 
-    config = ProposalConfig(args.segmenter, tuple(n.strip() for n in args.extractors.split(",") if n.strip()),
-                            args.radius, args.p_k, args.token_size, args.candidate_grid,
-                            not args.no_mirror_test, args.seed)
+    config = ProposalConfig(
+        args.segmenter,
+        tuple(n.strip() for n in args.extractors.split(",") if n.strip()),
+        args.radius,
+        args.p_k,
+        args.token_size,
+        args.candidate_grid,
+        not args.no_mirror_test,
+        args.seed,
+    )
     device = _device(args.device)
-    dift = {"block": args.dift_block, "timestep": args.dift_timestep, "copies": args.dift_copies,
-            "resolution": args.dift_resolution}
+    dift = {
+        "block": args.dift_block,
+        "timestep": args.dift_timestep,
+        "copies": args.dift_copies,
+        "resolution": args.dift_resolution,
+    }
     extractor_options = {"dift": dift, "dinov2": {"device": device}}
     if args.dinov2:
         extractor_options["dinov2"]["model_id"] = args.dinov2
     segmenter_options = {}
     if args.segmenter == "grounded-sam":
-        named = {"detector_id": args.detector, "sam_id": args.sam, "box_threshold": args.box_threshold,
-                 "text_threshold": args.text_threshold}
+        named = {
+            "detector_id": args.detector,
+            "sam_id": args.sam,
+            "box_threshold": args.box_threshold,
+            "text_threshold": args.text_threshold,
+        }
         segmenter_options = {"device": device} | {k: v for k, v in named.items() if v is not None}
     pipe, model = None, None
     if "dift" in config.extractors or config.segmenter == "attention":
@@ -99,19 +129,27 @@ def run_propose(args: argparse.Namespace) -> int:
         from mosaic_studio.mosaic.loading import load_pipeline
 
         model = args.model or str(DEFAULT_MODEL_DIR)
-        pipe = load_pipeline(model, None if args.lora == "none" else args.lora, device=device,
-                             dtype=args.dtype)
+        pipe = load_pipeline(model, None if args.lora == "none" else args.lora, device=device, dtype=args.dtype)
     proposer = build_proposer(config, pipe, segmenter_options, extractor_options)
-    options = {"dift": dift if "dift" in config.extractors else None,
-               "segmenter": {k: v for k, v in segmenter_options.items() if k != "device"}}
+    options = {
+        "dift": dift if "dift" in config.extractors else None,
+        "segmenter": {k: v for k, v in segmenter_options.items() if k != "device"},
+    }
     done, present, failed = run_proposals(
-        args.data, args.out, proposer, manifest_of(config, args.model, options),
-        args.rank, args.world_size, args.on_error)
+        args.data,
+        args.out,
+        proposer,
+        manifest_of(config, args.model, options),
+        args.rank,
+        args.world_size,
+        args.on_error,
+    )
     print(f"rank {args.rank}: proposed {done}, already done {present}, skipped {failed}")
     return 0
 
 
 # --- import -----------------------------------------------------------------------------------
+
 
 def add_import_command(commands) -> None:
     from mosaic_studio.annotator.imports import FORMATS
@@ -121,16 +159,19 @@ def add_import_command(commands) -> None:
     parser = commands.add_parser("import", help="register samples in a review store")
     parser.add_argument("--store", required=True, help="review store (SQLite file); created if absent")
     parser.add_argument("--format", choices=FORMATS, required=True)
-    parser.add_argument("--data", type=Path, required=True,
-                        help="dataset folder (semalign, synthetic) or the Subjects200K root")
-    parser.add_argument("--media", type=Path, default=None,
-                        help="subjects200k: folder for the converted sample folders")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="dataset folder (semalign, synthetic) or the Subjects200K root"
+    )
+    parser.add_argument(
+        "--media", type=Path, default=None, help="subjects200k: folder for the converted sample folders"
+    )
     parser.add_argument("--skip-existing", action="store_true", help="ignore ids already in the store")
     parser.add_argument("--token-size", type=int, default=DEFAULT_TOKEN_SIZE)
     parser.add_argument("--panel-size", type=int, default=PANEL_SIZE, help="subjects200k panel side")
     parser.add_argument("--padding", type=int, default=PANEL_PADDING, help="subjects200k padding")
-    parser.add_argument("--all-quality", action="store_true",
-                        help="subjects200k: keep rows the official quality filter drops")
+    parser.add_argument(
+        "--all-quality", action="store_true", help="subjects200k: keep rows the official quality filter drops"
+    )
     parser.add_argument("--actor", default="cli", help="name for the audit log")
     parser.set_defaults(run=run_import)
 
@@ -143,33 +184,51 @@ def run_import(args: argparse.Namespace) -> int:
         raise ValueError("--format subjects200k needs --media DIR for the converted samples")
     with ReviewStore(args.store) as store:
         if args.format == "semalign":
-            added, present = import_folders(store, args.data, SOURCES["semalign"], args.skip_existing,
-                                            args.token_size, args.actor)
+            added, present = import_folders(
+                store, args.data, SOURCES["semalign"], args.skip_existing, args.token_size, args.actor
+            )
         elif args.format == "synthetic":
-            added, present = import_synthetic(store, args.data, args.skip_existing, args.token_size,
-                                              args.actor)
+            added, present = import_synthetic(store, args.data, args.skip_existing, args.token_size, args.actor)
         else:
             added, present = import_subjects200k(
-                store, args.data, args.media, None, args.skip_existing, not args.all_quality,
-                args.token_size, args.actor, panel_size=args.panel_size, padding=args.padding)
+                store,
+                args.data,
+                args.media,
+                None,
+                args.skip_existing,
+                not args.all_quality,
+                args.token_size,
+                args.actor,
+                panel_size=args.panel_size,
+                padding=args.padding,
+            )
     print(f"imported {added} samples into {args.store}" + (f"; {present} already there" if present else ""))
     return 0
 
 
 # --- export -----------------------------------------------------------------------------------
 
+
 def add_export_command(commands) -> None:
     from mosaic_studio.mosaic.data.semalign import DEFAULT_TOKEN_SIZE
 
     parser = commands.add_parser("export", help="accepted samples as training data or Label Studio JSON")
     parser.add_argument("--store", required=True, help="review store (SQLite file); must exist")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="dataset folder (training) or .json file (label-studio)")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="dataset folder (training) or .json file (label-studio)"
+    )
     parser.add_argument("--format", choices=["training", "label-studio"], default="training")
-    parser.add_argument("--status", action="append", choices=["accepted", "pending", "rejected"],
-                        help="sample status to export, repeatable (default: accepted)")
-    parser.add_argument("--skip-invalid", action="store_true",
-                        help="training: leave out samples that break a format rule, and list them")
+    parser.add_argument(
+        "--status",
+        action="append",
+        choices=["accepted", "pending", "rejected"],
+        help="sample status to export, repeatable (default: accepted)",
+    )
+    parser.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="training: leave out samples that break a format rule, and list them",
+    )
     parser.add_argument("--token-size", type=int, default=DEFAULT_TOKEN_SIZE)
     parser.set_defaults(run=run_export)
 
@@ -179,7 +238,7 @@ def run_export(args: argparse.Namespace) -> int:
     from mosaic_studio.annotator.store import ReviewStore
 
     statuses = args.status or ["accepted"]
-    with ReviewStore(args.store, create=False) as store:
+    with ReviewStore(args.store, create=False, read_only=True) as store:  # an export only reads the store
         if args.format == "label-studio":
             count = export_label_studio(store, args.out, statuses)
             print(f"wrote {count} Label Studio tasks to {args.out} (config: {args.out.with_suffix('.xml')})")

@@ -14,9 +14,11 @@ compares any target token with any reference position by cosine similarity.
 The paper intersects DIFT with GeoAware-SC (itself DIFT + DINOv2 features); here any two of
 these play the two independent extractors.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -65,8 +67,9 @@ class GridFeatures:
         # Pixel (x, y) → grid_sample's [-1, 1] with align_corners=False: the map covers the image.
         normalised = np.stack([2 * points[:, 0] / width - 1, 2 * points[:, 1] / height - 1], axis=1)
         where = torch.from_numpy(normalised).float()[None, None]  # (1, 1, P, 2)
-        sampled = F.grid_sample(self.grid[None], where, mode="bilinear", padding_mode="border",
-                                align_corners=False)  # (1, C, 1, P)
+        sampled = F.grid_sample(
+            self.grid[None], where, mode="bilinear", padding_mode="border", align_corners=False
+        )  # (1, C, 1, P)
         return _normalise(sampled[0, :, 0].T.numpy())
 
 
@@ -76,8 +79,15 @@ class DiftExtractor:
     name = "dift"
     uses_mask = False
 
-    def __init__(self, runner, block: str | None = None, timestep: float = 0.3, copies: int = 4,
-                 resolution: int | None = 512, seed: int = 0):
+    def __init__(
+        self,
+        runner,
+        block: str | None = None,
+        timestep: float = 0.3,
+        copies: int = 4,
+        resolution: int | None = 512,
+        seed: int = 0,
+    ):
         """block: default the middle double block; timestep: noise level t ∈ [0, 1];
         copies: noisy copies averaged (DIFT's ensemble); resolution: longer side fed to the model
         (None: the image's own size)."""
@@ -96,8 +106,7 @@ class DiftExtractor:
 
     def extract_many(self, images, masks):
         """All images in as few model calls as their sizes allow (see FluxRunner)."""
-        grids = self.runner.block_features(images, self.block, self.timestep, self.copies,
-                                           self.resolution, self.seed)
+        grids = self.runner.block_features(images, self.block, self.timestep, self.copies, self.resolution, self.seed)
         return [GridFeatures(grid, image.shape[:2]) for grid, image in zip(grids, images)]
 
 
@@ -107,8 +116,7 @@ class Dinov2Extractor:
     name = "dinov2"
     uses_mask = False
 
-    def __init__(self, model_id: str = DEFAULT_DINOV2, model=None, resolution: int = 448,
-                 device: str = "cpu"):
+    def __init__(self, model_id: str = DEFAULT_DINOV2, model=None, resolution: int = 448, device: str = "cpu"):
         """model: an already built Dinov2Model (tests); by default loaded from `model_id`."""
         if model is None:
             from transformers import AutoModel
@@ -129,7 +137,7 @@ class Dinov2Extractor:
         pixels = (pixels - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
         pixels = pixels.permute(2, 0, 1)[None].to(self.device)  # (1, 3, H', W')
         hidden = self.model(pixel_values=pixels).last_hidden_state[0]  # (1 + registers + rows·cols, C)
-        patches = hidden[-rows * cols:]  # the patch tokens come last, row-major
+        patches = hidden[-rows * cols :]  # the patch tokens come last, row-major
         return GridFeatures(patches.T.reshape(-1, rows, cols), (height, width))
 
 
@@ -200,8 +208,9 @@ class PatchFeatures:
         # Pixel centres: point (x, y) is pixel coordinate (x - 0.5, y - 0.5) for remap.
         map_x = (points[:, :1] - 0.5).astype(np.float32) + self.dx  # (P, PATCH_GRID²)
         map_y = (points[:, 1:] - 0.5).astype(np.float32) + self.dy
-        values = self._cv2.remap(self.lab, map_x, map_y, self._cv2.INTER_LINEAR,
-                                 borderMode=self._cv2.BORDER_REPLICATE)  # (P, PATCH_GRID², 3)
+        values = self._cv2.remap(
+            self.lab, map_x, map_y, self._cv2.INTER_LINEAR, borderMode=self._cv2.BORDER_REPLICATE
+        )  # (P, PATCH_GRID², 3)
         return _normalise(values.reshape(len(points), -1))
 
 

@@ -6,18 +6,20 @@ one block's output, one feature vector per token, averaged over several noisy co
 x_t = (1 − t)·x_0 + t·ε (rectified flow), the stock transformer forward with an empty prompt,
 and a forward hook on the chosen block, whose output is (text tokens, image tokens).
 
-The stock forward equals the MOSAIC forward with no references (SPEC §2); a reference LoRA is
+The stock forward equals the MOSAIC forward with no references (docs/DESIGN.md §1); a reference LoRA is
 switched off for it, as MOSAIC does for every target branch.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from mosaic_studio.mosaic.latents import encode_latents, pixels_per_token
 from mosaic_studio.mosaic.lora import adapters_disabled
 from mosaic_studio.mosaic.probe import AttentionProbe, all_double_blocks
 from mosaic_studio.mosaic.transformer import grid_position_ids, mosaic_forward
@@ -43,15 +45,19 @@ class FluxRunner:
 
     @property
     def pixels_per_token(self) -> int:
-        return self.pipe.vae_scale_factor * 2  # VAE factor × FLUX's 2×2 packing
+        return pixels_per_token(self.pipe)
 
     @torch.no_grad()
     def prompt(self, text: str):
         """(embeds (1, N_txt, C), pooled (1, C_pool), text ids) of `text`, cached."""
         if text not in self._prompts:
             self._prompts[text] = self.pipe.encode_prompt(
-                prompt=[text], prompt_2=None, device=self.device, num_images_per_prompt=1,
-                max_sequence_length=self.prompt_tokens)
+                prompt=[text],
+                prompt_2=None,
+                device=self.device,
+                num_images_per_prompt=1,
+                max_sequence_length=self.prompt_tokens,
+            )
         return self._prompts[text]
 
     @torch.no_grad()
@@ -59,11 +65,7 @@ class FluxRunner:
         """VAE latents of images resized to (height, width), packed: (n, N, C) and (rows, cols)."""
         pils = [Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC) for image in images]
         pixels = self.pipe.image_processor.preprocess(pils, height=height, width=width)
-        latents = self.pipe.vae.encode(pixels.to(self.device, self.pipe.vae.dtype)).latent_dist.mode()
-        latents = (latents - self.pipe.vae.config.shift_factor) * self.pipe.vae.config.scaling_factor
-        count, channels, rows, cols = latents.shape
-        packed = self.pipe._pack_latents(latents, count, channels, rows, cols).to(self.dtype)
-        return packed, (rows // 2, cols // 2)
+        return encode_latents(self.pipe, pixels, device=self.device, dtype=self.dtype)
 
     def model_size(self, image_hw: tuple[int, int], resolution: int | None) -> tuple[int, int]:
         """(height, width) fed to the model: longer side `resolution` (None: the image's own),
@@ -71,8 +73,7 @@ class FluxRunner:
         height, width = image_hw
         scale = 1.0 if resolution is None else resolution / max(height, width)
         step = self.pixels_per_token
-        return (max(step, math.ceil(height * scale / step) * step),
-                max(step, math.ceil(width * scale / step) * step))
+        return (max(step, math.ceil(height * scale / step) * step), max(step, math.ceil(width * scale / step) * step))
 
     def _noised(self, clean: torch.Tensor, timestep: float, copies: int, seed: int) -> torch.Tensor:
         """(n·copies, N, C): `copies` noisy versions of each of the n latents, image-major. Every
@@ -96,8 +97,15 @@ class FluxRunner:
             raise ValueError(f"unknown transformer block {block!r}; choose one of {names}") from None
 
     @torch.no_grad()
-    def block_features(self, images: Sequence[np.ndarray], block: str, timestep: float, copies: int,
-                       resolution: int | None = None, seed: int = 0) -> list[torch.Tensor]:
+    def block_features(
+        self,
+        images: Sequence[np.ndarray],
+        block: str,
+        timestep: float,
+        copies: int,
+        resolution: int | None = None,
+        seed: int = 0,
+    ) -> list[torch.Tensor]:
         """DIFT: per image, the (C, rows, cols) output of `block` for its image tokens, averaged
         over `copies` noisy versions at noise level `timestep` ∈ [0, 1]. Images that the model
         sees at one size run as one batch."""
@@ -106,8 +114,9 @@ class FluxRunner:
         features: list[torch.Tensor | None] = [None] * len(images)
         for size in dict.fromkeys(sizes):
             members = [i for i, other in enumerate(sizes) if other == size]
-            for i, grid in zip(members, self._run_block([images[i] for i in members], size, module,
-                                                        timestep, copies, seed)):
+            for i, grid in zip(
+                members, self._run_block([images[i] for i in members], size, module, timestep, copies, seed)
+            ):
                 features[i] = grid
         return features
 
@@ -121,20 +130,31 @@ class FluxRunner:
         try:
             with adapters_disabled(self.transformer):
                 self.transformer(
-                    hidden_states=noisy, encoder_hidden_states=embeds.expand(batch, -1, -1),
+                    hidden_states=noisy,
+                    encoder_hidden_states=embeds.expand(batch, -1, -1),
                     pooled_projections=pooled.expand(batch, -1),
                     timestep=torch.full((batch,), timestep, device=self.device, dtype=self.dtype),
-                    img_ids=grid_position_ids(rows, cols, self.device, self.dtype), txt_ids=text_ids,
-                    guidance=self._guidance(batch), return_dict=False)
+                    img_ids=grid_position_ids(rows, cols, self.device, self.dtype),
+                    txt_ids=text_ids,
+                    guidance=self._guidance(batch),
+                    return_dict=False,
+                )
         finally:
             hook.remove()
         hidden = captured["h"].float().unflatten(0, (len(images), copies))  # (n, copies, N, C)
         return hidden.mean(dim=1).transpose(1, 2).unflatten(2, (rows, cols))  # (n, C, rows, cols)
 
     @torch.no_grad()
-    def attention_overview(self, target: np.ndarray, references: Sequence[np.ndarray], caption: str,
-                           timestep: float, blocks: Sequence[str] | None = None,
-                           reference_size: int | None = None, seed: int = 0) -> np.ndarray:
+    def attention_overview(
+        self,
+        target: np.ndarray,
+        references: Sequence[np.ndarray],
+        caption: str,
+        timestep: float,
+        blocks: Sequence[str] | None = None,
+        reference_size: int | None = None,
+        seed: int = 0,
+    ) -> np.ndarray:
         """(K, rows, cols): each reference's Eq. 8 attention over the target tokens, averaged
         over its tokens, for the target noised to `timestep` (one MOSAIC forward)."""
         rows, cols = (math.ceil(side / self.pixels_per_token) for side in target.shape[:2])
@@ -142,14 +162,22 @@ class FluxRunner:
         noisy = self._noised(clean, timestep, 1, seed)
         embeds, pooled, text_ids = self.prompt(caption)
         size = reference_size or self.pipe.default_reference_size(*target.shape[:2])
-        tokens, ref_ids, _ = self.pipe.encode_references(
-            [Image.fromarray(r) for r in references], size, self.device, self.dtype)
+        reference_latents, ref_ids, _ = self.pipe.encode_references(
+            [Image.fromarray(r) for r in references], size, self.device, self.dtype
+        )
         probe = AttentionProbe(rows=None)
         with probe.attached(self.transformer, list(blocks or all_double_blocks(self.transformer))):
-            mosaic_forward(self.transformer, noisy, embeds, pooled,
-                           torch.full((1,), timestep, device=self.device, dtype=self.dtype),
-                           grid_position_ids(rows, cols, self.device, self.dtype), text_ids,
-                           guidance=self._guidance(1), references=tokens.unsqueeze(0),
-                           reference_ids=ref_ids)
+            mosaic_forward(
+                self.transformer,
+                noisy,
+                encoder_hidden_states=embeds,
+                pooled_projections=pooled,
+                timestep=torch.full((1,), timestep, device=self.device, dtype=self.dtype),
+                img_ids=grid_position_ids(rows, cols, self.device, self.dtype),
+                txt_ids=text_ids,
+                guidance=self._guidance(1),
+                reference_latents=reference_latents.unsqueeze(0),
+                reference_ids=ref_ids,
+            )
         maps = probe.attention()[0].reshape(len(references), -1, rows * cols).mean(dim=1)  # (K, N_tgt)
         return maps.reshape(len(references), rows, cols).cpu().numpy()

@@ -14,21 +14,32 @@ An import is checked completely before the store is written: a bad sample (unrea
 mask of the wrong size, a violation of Eq. 2, an id already in the store) raises ValueError
 naming it, and the store stays unchanged.
 """
+
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from mosaic_studio.annotator.propose import POINT_INFO
 from mosaic_studio.annotator.records import PointRecord, ReferenceRecord, SampleRecord, check_new_sample
 from mosaic_studio.annotator.store import SYSTEM_ACTOR, ReviewStore
-from mosaic_studio.mosaic.data.semalign import (DEFAULT_TOKEN_SIZE, REFERENCE_FILE, TARGET_FILE, Sample,
-                             list_sample_dirs, load_sample, save_sample)
+from mosaic_studio.mosaic.data.semalign import (
+    DEFAULT_TOKEN_SIZE,
+    REFERENCE_FILE,
+    TARGET_FILE,
+    Sample,
+    list_sample_dirs,
+    load_sample,
+    save_sample,
+)
 
 SYNTHETIC_MANIFEST = "world.json"  # written by train.synthetic beside its samples
-SOURCES = {"semalign": "imported", "synthetic": "synthetic-exact",
-           "subjects200k": "dift+geoaware"}  # point source when the sample does not say
+SOURCES = {
+    "semalign": "imported",
+    "synthetic": "synthetic-exact",
+    "subjects200k": "dift+geoaware",
+}  # point source when the sample does not say
 FORMATS = tuple(SOURCES)
 
 
@@ -36,21 +47,30 @@ def record_from_sample(sample: Sample, folder: Path, default_source: str) -> Sam
     """The store's record of a sample saved in `folder` (its points as proposals)."""
     folder = folder.resolve()
     info = sample.meta.get(POINT_INFO)
-    if info is not None and (len(info) != len(sample.references) or any(
+    if info is not None and (
+        len(info) != len(sample.references)
+        or any(
             len(entry["source"]) != len(ref.ref_points) or len(entry["confidence"]) != len(ref.ref_points)
-            for entry, ref in zip(info, sample.references))):
-        raise ValueError(f"sample {sample.sample_id!r}: meta[{POINT_INFO!r}] does not match its "
-                         "correspondences (one source and confidence per point)")
+            for entry, ref in zip(info, sample.references)
+        )
+    ):
+        raise ValueError(
+            f"sample {sample.sample_id!r}: meta[{POINT_INFO!r}] does not match its "
+            "correspondences (one source and confidence per point)"
+        )
     points = []
     for k, ref in enumerate(sample.references):
         for j, (u, v) in enumerate(zip(ref.ref_points.tolist(), ref.target_points.tolist())):
             source = info[k]["source"][j] if info else default_source
             confidence = info[k]["confidence"][j] if info else None
             points.append(PointRecord(k, j, tuple(u), tuple(v), source, confidence))
-    references = tuple(ReferenceRecord(k, str(folder / REFERENCE_FILE.format(k)), ref.category)
-                       for k, ref in enumerate(sample.references))
-    return check_new_sample(SampleRecord(sample.sample_id, sample.caption,
-                                         str(folder / TARGET_FILE), references, tuple(points)))
+    references = tuple(
+        ReferenceRecord(k, str(folder / REFERENCE_FILE.format(k)), ref.category)
+        for k, ref in enumerate(sample.references)
+    )
+    return check_new_sample(
+        SampleRecord(sample.sample_id, sample.caption, str(folder / TARGET_FILE), references, tuple(points))
+    )
 
 
 def _existing_ids(store: ReviewStore) -> set[str]:
@@ -67,8 +87,9 @@ def _plan(records: list[SampleRecord], existing: set[str], skip_existing: bool) 
         if record.sample_id in existing:
             if skip_existing:
                 continue
-            raise ValueError(f"sample {record.sample_id!r} is already in the store "
-                             "(--skip-existing imports only the new ones)")
+            raise ValueError(
+                f"sample {record.sample_id!r} is already in the store (--skip-existing imports only the new ones)"
+            )
         todo.append(record)
     return todo
 
@@ -79,8 +100,14 @@ def _add_all(store: ReviewStore, records: list[SampleRecord], actor: str) -> int
     return len(records)
 
 
-def import_folders(store: ReviewStore, data: Path, source: str, skip_existing: bool = False,
-                   token_size: int = DEFAULT_TOKEN_SIZE, actor: str = SYSTEM_ACTOR) -> tuple[int, int]:
+def import_folders(
+    store: ReviewStore,
+    data: Path,
+    source: str,
+    skip_existing: bool = False,
+    token_size: int = DEFAULT_TOKEN_SIZE,
+    actor: str = SYSTEM_ACTOR,
+) -> tuple[int, int]:
     """Register every sample folder under `data`; (added, skipped as already present)."""
     data = Path(data)
     if not data.is_dir():
@@ -91,18 +118,30 @@ def import_folders(store: ReviewStore, data: Path, source: str, skip_existing: b
     return _add_all(store, todo, actor), len(records) - len(todo)
 
 
-def import_synthetic(store: ReviewStore, data: Path, skip_existing: bool = False,
-                     token_size: int = DEFAULT_TOKEN_SIZE, actor: str = SYSTEM_ACTOR) -> tuple[int, int]:
+def import_synthetic(
+    store: ReviewStore,
+    data: Path,
+    skip_existing: bool = False,
+    token_size: int = DEFAULT_TOKEN_SIZE,
+    actor: str = SYSTEM_ACTOR,
+) -> tuple[int, int]:
     """`python -m mosaic_studio.world.synthetic` output: SemAlign-MS folders beside a world.json manifest."""
     if not (Path(data) / SYNTHETIC_MANIFEST).is_file():
         raise ValueError(f"{data} has no {SYNTHETIC_MANIFEST}: not a train.synthetic output folder")
     return import_folders(store, data, SOURCES["synthetic"], skip_existing, token_size, actor)
 
 
-def import_subjects200k(store: ReviewStore, root: Path, media: Path, rows: Iterable[dict] | None = None,
-                        skip_existing: bool = False, quality_filter: bool = True,
-                        token_size: int = DEFAULT_TOKEN_SIZE, actor: str = SYSTEM_ACTOR,
-                        **read_options) -> tuple[int, int]:
+def import_subjects200k(
+    store: ReviewStore,
+    root: Path,
+    media: Path,
+    rows: Iterable[dict] | None = None,
+    skip_existing: bool = False,
+    quality_filter: bool = True,
+    token_size: int = DEFAULT_TOKEN_SIZE,
+    actor: str = SYSTEM_ACTOR,
+    **read_options,
+) -> tuple[int, int]:
     """The authors' layout: each pair becomes a sample folder under `media`, then a record.
 
     rows: the parquet rows by default (needs pyarrow), or any iterable of row dicts.

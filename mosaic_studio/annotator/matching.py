@@ -10,6 +10,7 @@ Tokens are row-major indices on the target's token grid at `token_size` pixels (
 mosaic.semalign); points are (x, y) pixels. The functions are pure, except `extract_all`,
 which runs an extractor.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,9 @@ class Matches:
     source: str  # which extractor(s) proposed them, e.g. "dift+sift"
 
     def take(self, keep: np.ndarray) -> Matches:
-        return Matches(self.tokens[keep], self.target_points[keep], self.ref_points[keep],
-                       self.confidence[keep], self.source)
+        return Matches(
+            self.tokens[keep], self.target_points[keep], self.ref_points[keep], self.confidence[keep], self.source
+        )
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -98,9 +100,15 @@ def reference_views(image: np.ndarray, mask: np.ndarray, mirror_test: bool) -> l
     return views
 
 
-def match_pair(target_features, tokens: np.ndarray, target_points: np.ndarray, views: list[tuple],
-               reference_mask: np.ndarray, source: str,
-               candidate_grid: int = DEFAULT_CANDIDATE_GRID) -> Matches:
+def match_pair(
+    target_features,
+    tokens: np.ndarray,
+    target_points: np.ndarray,
+    views: list[tuple],
+    reference_mask: np.ndarray,
+    source: str,
+    candidate_grid: int = DEFAULT_CANDIDATE_GRID,
+) -> Matches:
     """Best cosine match in the reference subject for each target token (one extractor).
 
     views: (reference FeatureMap, mirrored) pairs; the view with the higher mean similarity
@@ -135,8 +143,13 @@ def intersect(matches: list[Matches], token_size: int, radius: int = 0) -> Match
     agree = (cells.max(axis=0) - cells.min(axis=0)).max(axis=1) <= radius  # (Q,)
     first = matches[0].take(rows[0][agree])
     confidence = np.min([m.confidence[r][agree] for m, r in zip(matches, rows)], axis=0)
-    return Matches(first.tokens, first.target_points, points[:, agree].mean(axis=0), confidence,
-                   "+".join(m.source for m in matches))
+    return Matches(
+        first.tokens,
+        first.target_points,
+        points[:, agree].mean(axis=0),
+        confidence,
+        "+".join(m.source for m in matches),
+    )
 
 
 def disjoint(per_reference: list[Matches]) -> list[Matches]:
@@ -150,7 +163,7 @@ def disjoint(per_reference: list[Matches]) -> list[Matches]:
     won = np.zeros(len(tokens), dtype=bool)
     won[winners] = True
     starts = np.cumsum([0] + [len(m) for m in per_reference])
-    return [m.take(won[starts[k]:starts[k + 1]]) for k, m in enumerate(per_reference)]
+    return [m.take(won[starts[k] : starts[k + 1]]) for k, m in enumerate(per_reference)]
 
 
 def sample_each(per_reference: list[Matches], p_k: int, rng: np.random.Generator) -> list[Matches]:

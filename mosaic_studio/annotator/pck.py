@@ -11,6 +11,7 @@ measuring |v_true − v| in target pixels:
 This is the usual semantic-correspondence PCK (error in the image where the point lands,
 threshold relative to the object there).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -42,8 +43,10 @@ def point_errors(sample: Sample, truth: Sample) -> list[np.ndarray]:
     subjects = truth.meta.get("subjects")
     if subjects is None or len(subjects) != len(sample.references):
         raise ValueError(f"sample {truth.sample_id!r} has no synthetic geometry for its references")
-    return [np.linalg.norm(true_target_points(subject, ref.ref_points) - ref.target_points, axis=1)
-            for subject, ref in zip(subjects, sample.references)]
+    return [
+        np.linalg.norm(true_target_points(subject, ref.ref_points) - ref.target_points, axis=1)
+        for subject, ref in zip(subjects, sample.references)
+    ]
 
 
 @dataclass
@@ -59,8 +62,7 @@ class PckTally:
     per_pair_alpha: list[float] = field(default_factory=list)  # PCK@0.1 of pairs with points
 
     def add(self, sample: Sample, truth: Sample, candidates_per_ref: list[int]) -> None:
-        for errors, truth_ref, count in zip(point_errors(sample, truth), truth.references,
-                                            candidates_per_ref):
+        for errors, truth_ref, count in zip(point_errors(sample, truth), truth.references, candidates_per_ref):
             hits = errors <= PCK_ALPHA * box_side(truth_ref.mask)
             self.pairs += 1
             self.candidates += count

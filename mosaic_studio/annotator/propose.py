@@ -11,18 +11,40 @@ Steps (paper appendix B): 1. segment the subjects in the target (and the referen
 plain background); 2. per extractor, match every target token in a subject's mask to the
 reference subject; 3. keep tokens where the extractors agree (`intersect`); 4. Eq. 2; 5. P_k.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from mosaic_studio.annotator.matching import (DEFAULT_CANDIDATE_GRID, Matches, disjoint, extract_all, intersect,
-                                match_pair, reference_views, sample_each, token_queries)
-from mosaic_studio.annotator.segment import (SegmentationInput, Segmenter, labels_of, reference_masks,
-                               segment)
-from mosaic_studio.mosaic.data.semalign import (DEFAULT_TOKEN_SIZE, MAX_REFERENCES, Reference, Sample, SampleError,
-                             validate)
+from mosaic_studio.annotator.matching import (
+    DEFAULT_CANDIDATE_GRID,
+    Matches,
+    disjoint,
+    extract_all,
+    intersect,
+    match_pair,
+    reference_views,
+    sample_each,
+    token_queries,
+)
+from mosaic_studio.annotator.segment import (
+    SegmentationInput,
+    Segmenter,
+    labels_of,
+    make_segmenter,
+    reference_masks,
+    segment,
+)
+from mosaic_studio.mosaic.data.semalign import (
+    DEFAULT_TOKEN_SIZE,
+    MAX_REFERENCES,
+    Reference,
+    Sample,
+    SampleError,
+    validate,
+)
 
 POINT_INFO = "point_info"  # meta key: per-reference lists of per-point source and confidence
 PROPOSAL_META = "proposal"  # meta key: the settings that produced the points
@@ -70,15 +92,21 @@ class ProposalRequest:
     def from_sample(cls, sample: Sample, use_masks: bool = True) -> ProposalRequest:
         """A stored sample, to be annotated again (its correspondences are ignored)."""
         refs = sample.references
-        return cls(sample.sample_id, sample.target, sample.caption, [r.image for r in refs],
-                   [r.category for r in refs], [r.label for r in refs],
-                   [r.mask for r in refs] if use_masks else None, sample.masks_exclusive,
-                   meta=dict(sample.meta))
+        return cls(
+            sample.sample_id,
+            sample.target,
+            sample.caption,
+            [r.image for r in refs],
+            [r.category for r in refs],
+            [r.label for r in refs],
+            [r.mask for r in refs] if use_masks else None,
+            sample.masks_exclusive,
+            meta=dict(sample.meta),
+        )
 
 
 def _check_image(image, what: str, sample_id: str) -> None:
-    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
-            and image.shape[2] == 3):
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
         raise ValueError(f"sample {sample_id!r}: {what} must be a uint8 (H, W, 3) RGB array")
 
 
@@ -110,33 +138,53 @@ class Proposer:
     def match_all(self, request: ProposalRequest):
         """Steps 1–2: target masks, exclusivity, and per extractor one Matches per reference."""
         check_request(request)
-        inp = SegmentationInput(request.sample_id, request.target, request.references,
-                                labels_of(request.labels, request.categories), request.caption,
-                                request.masks, request.attention,
-                                {"masks_exclusive": request.masks_exclusive})
+        inp = SegmentationInput(
+            request.sample_id,
+            request.target,
+            request.references,
+            labels_of(request.labels, request.categories),
+            request.caption,
+            request.masks,
+            request.attention,
+            {"masks_exclusive": request.masks_exclusive},
+        )
         target_masks, exclusive = segment(self.segmenter, inp)
         ref_masks = reference_masks(inp)
         queries = [token_queries(mask, self.config.token_size) for mask in target_masks]
-        per_extractor = {name: self._match(extractor, request, target_masks, ref_masks, queries)
-                         for name, extractor in zip(self.config.extractors, self.extractors)}
+        per_extractor = {
+            name: self._match(extractor, request, target_masks, ref_masks, queries)
+            for name, extractor in zip(self.config.extractors, self.extractors)
+        }
         return target_masks, exclusive, per_extractor
 
     def _match(self, extractor, request, target_masks, ref_masks, queries) -> list[Matches]:
         """One extractor's matches for every reference; all its images described in one call
         (one target map for all subjects unless the extractor scales with the subject)."""
-        targets = ([(request.target, mask) for mask in target_masks] if extractor.uses_mask
-                   else [(request.target, target_masks[0])])
-        views = [reference_views(image, mask, self.config.mirror_test)
-                 for image, mask in zip(request.references, ref_masks)]
+        targets = (
+            [(request.target, mask) for mask in target_masks]
+            if extractor.uses_mask
+            else [(request.target, target_masks[0])]
+        )
+        views = [
+            reference_views(image, mask, self.config.mirror_test) for image, mask in zip(request.references, ref_masks)
+        ]
         flat = targets + [(image, mask) for per_ref in views for image, mask, _ in per_ref]
         maps = iter(extract_all(extractor, [image for image, _ in flat], [mask for _, mask in flat]))
         target_maps = [next(maps) for _ in targets]
         matches = []
         for k, ((tokens, points), per_ref) in enumerate(zip(queries, views)):
             described = [(next(maps), mirrored) for _, _, mirrored in per_ref]
-            matches.append(match_pair(target_maps[k if extractor.uses_mask else 0], tokens, points,
-                                      described, ref_masks[k], extractor.name,
-                                      self.config.candidate_grid))
+            matches.append(
+                match_pair(
+                    target_maps[k if extractor.uses_mask else 0],
+                    tokens,
+                    points,
+                    described,
+                    ref_masks[k],
+                    extractor.name,
+                    self.config.candidate_grid,
+                )
+            )
         return matches
 
     def combine(self, per_extractor: dict, names=None, radius=None) -> list[Matches]:
@@ -146,24 +194,27 @@ class Proposer:
         token_size = self.config.token_size
         if len(names) == 1:
             return list(per_extractor[names[0]])
-        return [intersect(list(ref_matches), token_size, radius)
-                for ref_matches in zip(*(per_extractor[name] for name in names))]
+        return [
+            intersect(list(ref_matches), token_size, radius)
+            for ref_matches in zip(*(per_extractor[name] for name in names))
+        ]
 
-    def finish(self, request: ProposalRequest, target_masks, exclusive: bool,
-               matches: list[Matches]) -> Sample:
+    def finish(self, request: ProposalRequest, target_masks, exclusive: bool, matches: list[Matches]) -> Sample:
         """Steps 4–5 and the output sample, validated (Eq. 2 at the configured token size)."""
         rng = np.random.default_rng(self.config.seed)
         matches = sample_each(disjoint(matches), self.config.p_k, rng)
-        references = [Reference(image, mask, m.ref_points, m.target_points, category, label)
-                      for image, mask, m, category, label in zip(
-                          request.references, target_masks, matches, request.categories,
-                          request.labels)]
-        meta = {**request.meta,
-                PROPOSAL_META: asdict(self.config) | {"extractors": list(self.config.extractors)},
-                POINT_INFO: [{"source": [m.source] * len(m), "confidence": m.confidence.tolist()}
-                             for m in matches]}
-        sample = Sample(request.sample_id, request.target, request.caption, references,
-                        exclusive, meta)
+        references = [
+            Reference(image, mask, m.ref_points, m.target_points, category, label)
+            for image, mask, m, category, label in zip(
+                request.references, target_masks, matches, request.categories, request.labels
+            )
+        ]
+        meta = {
+            **request.meta,
+            PROPOSAL_META: asdict(self.config) | {"extractors": list(self.config.extractors)},
+            POINT_INFO: [{"source": [m.source] * len(m), "confidence": m.confidence.tolist()} for m in matches],
+        }
+        sample = Sample(request.sample_id, request.target, request.caption, references, exclusive, meta)
         try:
             return validate(sample, self.config.token_size)
         except SampleError as error:  # a broken proposal is a bug or a bad segmentation
@@ -174,12 +225,12 @@ class Proposer:
         return self.finish(request, target_masks, exclusive, self.combine(per_extractor))
 
 
-def build_proposer(config: ProposalConfig, pipe=None, segmenter_options: dict | None = None,
-                   extractor_options: dict | None = None) -> Proposer:
+def build_proposer(
+    config: ProposalConfig, pipe=None, segmenter_options: dict | None = None, extractor_options: dict | None = None
+) -> Proposer:
     """A Proposer with components made by name. `pipe` (a MosaicPipeline) feeds the dift
     extractor and the attention segmenter; extractor_options: name → keyword arguments."""
     from mosaic_studio.annotator.features import make_extractor
-    from mosaic_studio.annotator.segment import make_segmenter
 
     runner = None
     if pipe is not None:

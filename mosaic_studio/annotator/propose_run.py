@@ -16,21 +16,29 @@ settings; a resumed run must use the same). A finished sample is never redone, s
 interrupted and restarted. Sample i goes to rank i % world_size (RANK / WORLD_SIZE from the
 environment by default, as `accelerate launch` and torchrun set them).
 """
+
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
 
 from mosaic_studio.annotator.propose import ProposalConfig, ProposalRequest, Proposer
-from mosaic_studio.mosaic.images import flatten_alpha, load_image
-from mosaic_studio.mosaic.data.semalign import (MASK_THRESHOLD, PARTIAL_PREFIX, SAMPLE_JSON, check_manifest, load_sample,
-                             save_sample)
+from mosaic_studio.mosaic.data.semalign import (
+    MASK_THRESHOLD,
+    PARTIAL_PREFIX,
+    SAMPLE_JSON,
+    check_manifest,
+    load_sample,
+    sample_file,
+    save_sample,
+)
+from mosaic_studio.mosaic.images import MAX_IMAGE_PIXELS, flatten_alpha, load_image
 
 REQUEST_JSON = "request.json"
 MANIFEST = "proposal.json"
@@ -40,8 +48,11 @@ def input_dirs(data: Path) -> list[Path]:
     """Sample or request folders under `data`, sorted by name (dot-folders skipped)."""
     if not data.is_dir():
         raise FileNotFoundError(f"no data folder at {data}")
-    return sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")
-                  and ((p / SAMPLE_JSON).is_file() or (p / REQUEST_JSON).is_file()))
+    return sorted(
+        p
+        for p in data.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and ((p / SAMPLE_JSON).is_file() or (p / REQUEST_JSON).is_file())
+    )
 
 
 def shard(items: list, rank: int, world_size: int) -> list:
@@ -58,32 +69,77 @@ def _rgb(path: Path, what: str) -> np.ndarray:
 def _mask(path: Path, what: str) -> np.ndarray:
     try:
         with Image.open(path) as image:
+            if image.size[0] * image.size[1] > MAX_IMAGE_PIXELS:  # before decoding a bomb
+                raise ValueError(
+                    f"{what} file '{path}' is {image.size[0]}x{image.size[1]} pixels, over the "
+                    f"limit of {MAX_IMAGE_PIXELS:,}"
+                )
             return np.array(image.convert("L")) > MASK_THRESHOLD
-    except OSError as error:
+    except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
         raise ValueError(f"{what} file '{path}' is not a readable image ({error})") from None
 
 
+def _request_field(doc: dict, key: str, kind: type, sid: str, where: str = "", default=None):
+    value = doc.get(key, default)
+    if type(value) is not kind:
+        raise ValueError(
+            f"sample {sid!r}: {REQUEST_JSON} field '{where}{key}' must be a {kind.__name__}, got {type(value).__name__}"
+        )
+    return value
+
+
 def read_request(folder: Path) -> ProposalRequest:
-    """A ProposalRequest from a SemAlign-MS sample folder or a request.json folder."""
+    """A ProposalRequest from a SemAlign-MS sample folder or a request.json folder.
+
+    Every file named must be a regular file inside `folder` (semalign.sample_file); any problem
+    is a ValueError naming the sample, which `--on-error skip` catches.
+    """
     if (folder / SAMPLE_JSON).is_file():
         return ProposalRequest.from_sample(load_sample(folder))
+    sid = folder.name
     try:
-        doc = json.loads((folder / REQUEST_JSON).read_text(encoding="utf-8"))
-        sid = folder.name
-        entries = doc["references"]
-        target = _rgb(folder / doc["target"], f"sample {sid!r}: target")
-        references = [_rgb(folder / e["image"], f"sample {sid!r}: reference {k}")
-                      for k, e in enumerate(entries)]
-        masks = None
-        if all("mask" in e for e in entries):
-            masks = [_mask(folder / e["mask"], f"sample {sid!r}: mask {k}") for k, e in enumerate(entries)]
-        attention = np.load(folder / doc["attention"]) if "attention" in doc else None
-        return ProposalRequest(sid, target, doc.get("caption", ""), references,
-                               [e["category"] for e in entries], [e.get("label", "") for e in entries],
-                               masks, attention=attention, meta=doc.get("meta", {}))
-    except (KeyError, TypeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{folder / REQUEST_JSON}: malformed request ({type(error).__name__}: "
-                         f"{error})") from error
+        doc = json.loads(sample_file(folder, REQUEST_JSON, sid, REQUEST_JSON).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{folder / REQUEST_JSON}: malformed request ({type(error).__name__}: {error})") from error
+    if type(doc) is not dict:
+        raise ValueError(f"sample {sid!r}: {REQUEST_JSON} must hold a JSON object, got {type(doc).__name__}")
+    entries = _request_field(doc, "references", list, sid)
+    for k, entry in enumerate(entries):
+        if type(entry) is not dict:
+            raise ValueError(f"sample {sid!r}: {REQUEST_JSON} field 'references[{k}]' must be an object")
+        _request_field(entry, "category", str, sid, f"references[{k}].")
+        _request_field(entry, "label", str, sid, f"references[{k}].", "")
+
+    def file(name, field: str) -> Path:
+        return sample_file(folder, name, sid, field)  # SampleError (a ValueError) names sid and field
+
+    target = _rgb(file(doc.get("target"), "target"), f"sample {sid!r}: target")
+    references = [
+        _rgb(file(e.get("image"), f"references[{k}].image"), f"sample {sid!r}: reference {k}")
+        for k, e in enumerate(entries)
+    ]
+    masks = None
+    if all("mask" in e for e in entries):
+        masks = [
+            _mask(file(e["mask"], f"references[{k}].mask"), f"sample {sid!r}: mask {k}") for k, e in enumerate(entries)
+        ]
+    attention = None
+    if "attention" in doc:
+        try:
+            attention = np.load(file(doc["attention"], "attention"))
+        except (OSError, EOFError, ValueError) as error:
+            raise ValueError(f"sample {sid!r}: attention file is not a readable .npy ({error})") from None
+    return ProposalRequest(
+        sid,
+        target,
+        _request_field(doc, "caption", str, sid, default=""),
+        references,
+        [e["category"] for e in entries],
+        [e.get("label", "") for e in entries],
+        masks,
+        attention=attention,
+        meta=_request_field(doc, "meta", dict, sid, default={}),
+    )
 
 
 def _remove_own_partials(out: Path, names: list[str]) -> None:
@@ -93,9 +149,16 @@ def _remove_own_partials(out: Path, names: list[str]) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def run_proposals(data: Path, out: Path, proposer: Proposer, manifest: dict, rank: int = 0,
-                  world_size: int = 1, on_error: str = "stop",
-                  report: Callable[[str], None] = print) -> tuple[int, int, int]:
+def run_proposals(
+    data: Path,
+    out: Path,
+    proposer: Proposer,
+    manifest: dict,
+    rank: int = 0,
+    world_size: int = 1,
+    on_error: str = "stop",
+    report: Callable[[str], None] = print,
+) -> tuple[int, int, int]:
     """Propose every unfinished sample of this rank's shard; (done, skipped, failed) counts."""
     from tqdm import tqdm
 
@@ -104,8 +167,9 @@ def run_proposals(data: Path, out: Path, proposer: Proposer, manifest: dict, ran
     check_manifest(out / MANIFEST, manifest)
     _remove_own_partials(out, [folder.name for folder in mine])
     todo = [folder for folder in mine if not (out / folder.name / SAMPLE_JSON).is_file()]
-    report(f"rank {rank}/{world_size}: {len(mine)} samples, {len(mine) - len(todo)} already "
-           f"proposed, {len(todo)} to do")
+    report(
+        f"rank {rank}/{world_size}: {len(mine)} samples, {len(mine) - len(todo)} already proposed, {len(todo)} to do"
+    )
     done = failed = 0
     for folder in tqdm(todo, desc=f"propose [{rank}]", unit="sample", position=rank):
         try:
@@ -121,5 +185,4 @@ def run_proposals(data: Path, out: Path, proposer: Proposer, manifest: dict, ran
 
 
 def manifest_of(config: ProposalConfig, model: str | None, options: dict) -> dict:
-    return {"config": asdict(config) | {"extractors": list(config.extractors)},
-            "model": model, "options": options}
+    return {"config": asdict(config) | {"extractors": list(config.extractors)}, "model": model, "options": options}

@@ -4,12 +4,13 @@ These are the store's own plain dataclasses; the project's data-format module co
 samples to and from them. Coordinates are pixels, (x, y) from the image's top-left corner.
 Every check raises ValueError naming the sample, the point and the rule.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from enum import Enum
-from typing import Mapping
 
 from mosaic_studio.annotator.verify import Stratum, stratum_of
 
@@ -45,7 +46,7 @@ class EditAction(str, Enum):
 
 @dataclass(frozen=True)
 class ReferenceRecord:
-    index: int  # 0-based, in the order ref_1 … ref_K of SPEC section 2
+    index: int  # 0-based, in the order ref_1 … ref_K of the forward's branches (docs/DESIGN.md §1)
     image_path: str
     category: str
 
@@ -89,8 +90,9 @@ class SampleRecord:
     def from_dict(cls, data: Mapping) -> SampleRecord:
         """Build from plain dicts (nested references / points); unknown keys are an error."""
         values = _known_keys(cls, data)
-        values["references"] = tuple(ReferenceRecord(**_known_keys(ReferenceRecord, item))
-                                     for item in data.get("references", ()))
+        values["references"] = tuple(
+            ReferenceRecord(**_known_keys(ReferenceRecord, item)) for item in data.get("references", ())
+        )
         values["points"] = tuple(_point_from_dict(item) for item in data.get("points", ()))
         return cls(**values)
 
@@ -153,6 +155,7 @@ class StoreStats:
 
 # --- checks -----------------------------------------------------------------------------------
 
+
 def check_name(value: object, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{what} must be a non-empty string, got {value!r}")
@@ -168,9 +171,12 @@ def check_index(value: object, what: str) -> int:
 def check_xy(value: object, what: str) -> XY:
     # Pixels from the top-left corner, so a negative coordinate lies outside the image. The upper
     # bound needs the image size, which the data-format module checks when it loads a sample.
-    if (not isinstance(value, (tuple, list)) or len(value) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-            or not all(math.isfinite(v) and v >= 0 for v in value)):
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        or not all(math.isfinite(v) and v >= 0 for v in value)
+    ):
         raise ValueError(f"{what} must be two finite pixel coordinates >= 0, got {value!r}")
     return (float(value[0]), float(value[1]))
 
@@ -189,20 +195,28 @@ def check_new_sample(record: SampleRecord) -> SampleRecord:
     if not isinstance(record.caption, str):
         raise ValueError(f"sample {sid!r}: caption must be a string")
     if (record.status, record.version, record.in_sample, record.created_at, record.updated_at) != (
-            SampleStatus.PENDING, 0, False, None, None):
-        raise ValueError(f"sample {sid!r}: add_sample takes a new, unreviewed sample; status, "
-                         "version, in_sample and timestamps are set by the store")
+        SampleStatus.PENDING,
+        0,
+        False,
+        None,
+        None,
+    ):
+        raise ValueError(
+            f"sample {sid!r}: add_sample takes a new, unreviewed sample; status, "
+            "version, in_sample and timestamps are set by the store"
+        )
     indices = [reference.index for reference in record.references]
     if not indices or indices != list(range(len(indices))):
-        raise ValueError(f"sample {sid!r}: reference indices must be 0..K-1 in order with "
-                         f"K >= 1, got {indices}")
+        raise ValueError(f"sample {sid!r}: reference indices must be 0..K-1 in order with K >= 1, got {indices}")
     for reference in record.references:
         check_name(reference.image_path, f"sample {sid!r}: reference {reference.index} path")
         check_name(reference.category, f"sample {sid!r}: reference {reference.index} category")
     points, keys = [], set()
     for point in record.points:
-        key = (check_index(point.ref_index, f"sample {sid!r}: ref_index"),
-               check_index(point.point_index, f"sample {sid!r}: point_index"))
+        key = (
+            check_index(point.ref_index, f"sample {sid!r}: ref_index"),
+            check_index(point.point_index, f"sample {sid!r}: point_index"),
+        )
         where = f"sample {sid!r}: point {key}"
         if point.ref_index >= len(indices):
             raise ValueError(f"{where}: no reference {point.ref_index} (K = {len(indices)})")
@@ -214,10 +228,15 @@ def check_new_sample(record: SampleRecord) -> SampleRecord:
         check_name(point.source, f"{where}: source")
         if point.confidence is not None and not math.isfinite(point.confidence):
             raise ValueError(f"{where}: confidence must be finite or None")
-        if point.status != PointStatus.PROPOSED or point.proposed_ref_xy not in (
-                None, point.ref_xy) or point.proposed_target_xy not in (None, point.target_xy):
-            raise ValueError(f"{where}: a new sample's points are proposals (status 'proposed', "
-                             "proposed coordinates equal to the current ones)")
+        if (
+            point.status != PointStatus.PROPOSED
+            or point.proposed_ref_xy not in (None, point.ref_xy)
+            or point.proposed_target_xy not in (None, point.target_xy)
+        ):
+            raise ValueError(
+                f"{where}: a new sample's points are proposals (status 'proposed', "
+                "proposed coordinates equal to the current ones)"
+            )
         points.append(replace(point, ref_xy=ref_xy, target_xy=target_xy))
     return replace(record, points=tuple(points))
 
@@ -235,5 +254,9 @@ def check_edit(edit: PointEdit) -> PointEdit:
         if edit.ref_xy is not None or edit.target_xy is not None:
             raise ValueError("a delete edit takes no coordinates")
         return replace(edit, action=action)
-    return replace(edit, action=action, ref_xy=check_xy(edit.ref_xy, f"{action.value} edit ref_xy"),
-                   target_xy=check_xy(edit.target_xy, f"{action.value} edit target_xy"))
+    return replace(
+        edit,
+        action=action,
+        ref_xy=check_xy(edit.ref_xy, f"{action.value} edit ref_xy"),
+        target_xy=check_xy(edit.target_xy, f"{action.value} edit target_xy"),
+    )

@@ -13,81 +13,34 @@ one subject on a plain (white) background, so `plain_background_mask` separates 
 A segmenter returns (masks, exclusive): `exclusive` says the masks are visible regions that
 never overlap (ground truth, attention) rather than detector masks that may.
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from mosaic_studio.mosaic.images import BBOX_TOLERANCE
+from mosaic_studio.annotator.segment_base import SegmentationInput, Segmenter, check_mask, plain_background_mask
+from mosaic_studio.annotator.segment_models import GroundedSamSegmenter
 from mosaic_studio.mosaic.data.semalign import token_grid
+from mosaic_studio.mosaic.images import BBOX_TOLERANCE
 
 DEFAULT_ATTENTION_THRESHOLD = 0.5  # of a reference's peak attention: below it a token is background
 
 
-@dataclass
-class SegmentationInput:
-    """What a segmenter may look at: the images, their text labels and what the data knows."""
-
-    sample_id: str
-    target: np.ndarray  # (H, W, 3) uint8
-    references: list[np.ndarray]  # K × (h, w, 3) uint8, one subject each on a plain background
-    labels: list[str]  # K text prompts, e.g. "mug" (the open-vocabulary detector's queries)
-    caption: str = ""
-    masks: list[np.ndarray] | None = None  # K × (H, W) bool ground truth, when the data has it
-    attention: np.ndarray | None = None  # (K, rows, cols) attention overview of a generation
-    meta: dict = field(default_factory=dict)
-
-
-class Segmenter:
-    """Base class: `name` and `target_masks`."""
-
-    name = ""
-
-    def target_masks(self, inp: SegmentationInput) -> tuple[list[np.ndarray], bool]:
-        raise NotImplementedError
-
-
-def check_mask(mask, shape: tuple[int, int], where: str) -> np.ndarray:
-    """A (H, W) bool mask of `shape` with at least one pixel; ValueError naming `where` otherwise."""
-    mask = np.asarray(mask)
-    if mask.shape != tuple(shape):
-        raise ValueError(f"{where}: mask is {mask.shape[:2] if mask.ndim >= 2 else mask.shape}, "
-                         f"the image is {tuple(shape)}; masks must have the image's size")
-    if mask.dtype != np.bool_:
-        raise ValueError(f"{where}: mask must be bool, got {mask.dtype}")
-    if not mask.any():
-        raise ValueError(f"{where}: mask is empty (no subject found)")
-    return mask
-
-
-# --- references and plain backgrounds ---------------------------------------------------------
-
-def background_colour(image: np.ndarray) -> np.ndarray:
-    """The median colour of the image's one-pixel border: its plain background."""
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])  # (2H+2W, 3)
-    return np.median(border, axis=0)
-
-
-def plain_background_mask(image: np.ndarray, tolerance: float = BBOX_TOLERANCE) -> np.ndarray:
-    """(H, W) bool: pixels differing from the border colour by more than `tolerance` per channel.
-
-    The same rule as the reference preprocessing's subject box (mosaic.images), with the
-    background colour read from the border instead of assumed white.
-    """
-    difference = np.abs(image.astype(np.int16) - background_colour(image))  # (H, W, 3)
-    return (difference > tolerance).any(axis=2)
+# --- references -------------------------------------------------------------------------------
 
 
 def reference_masks(inp: SegmentationInput) -> list[np.ndarray]:
     """The subject of every reference, on its plain background."""
-    return [check_mask(plain_background_mask(image), image.shape[:2],
-                       f"sample {inp.sample_id!r}, reference {k}")
-            for k, image in enumerate(inp.references)]
+    return [
+        check_mask(plain_background_mask(image), image.shape[:2], f"sample {inp.sample_id!r}, reference {k}")
+        for k, image in enumerate(inp.references)
+    ]
 
 
 # --- offline backends -------------------------------------------------------------------------
+
 
 class GroundTruthSegmenter(Segmenter):
     """The masks stored with the sample."""
@@ -96,11 +49,12 @@ class GroundTruthSegmenter(Segmenter):
 
     def target_masks(self, inp):
         if inp.masks is None:
-            raise ValueError(f"sample {inp.sample_id!r} has no stored masks: the ground-truth "
-                             f"segmenter needs them; choose another segmenter ({', '.join(SEGMENTERS)})")
+            raise ValueError(
+                f"sample {inp.sample_id!r} has no stored masks: the ground-truth "
+                f"segmenter needs them; choose another segmenter ({', '.join(SEGMENTERS)})"
+            )
         if len(inp.masks) != len(inp.references):
-            raise ValueError(f"sample {inp.sample_id!r}: {len(inp.masks)} masks for "
-                             f"{len(inp.references)} references")
+            raise ValueError(f"sample {inp.sample_id!r}: {len(inp.masks)} masks for {len(inp.references)} references")
         exclusive = bool(inp.meta.get("masks_exclusive", True))
         return [np.asarray(m) for m in inp.masks], exclusive
 
@@ -115,14 +69,17 @@ class PlainBackgroundSegmenter(Segmenter):
 
     def target_masks(self, inp):
         if len(inp.references) != 1:
-            raise ValueError(f"sample {inp.sample_id!r}: the plain-background segmenter separates "
-                             f"one subject from its background, the sample has "
-                             f"{len(inp.references)}; use ground-truth, attention or grounded-sam")
+            raise ValueError(
+                f"sample {inp.sample_id!r}: the plain-background segmenter separates "
+                f"one subject from its background, the sample has "
+                f"{len(inp.references)}; use ground-truth, attention or grounded-sam"
+            )
         return [plain_background_mask(inp.target, self.tolerance)], True
 
 
-def masks_from_attention(maps: np.ndarray, image_hw: tuple[int, int], token_size: int,
-                         threshold: float = DEFAULT_ATTENTION_THRESHOLD) -> list[np.ndarray]:
+def masks_from_attention(
+    maps: np.ndarray, image_hw: tuple[int, int], token_size: int, threshold: float = DEFAULT_ATTENTION_THRESHOLD
+) -> list[np.ndarray]:
     """Disjoint pixel masks from per-reference attention over the target tokens.
 
     maps: (K, rows, cols). Each map is scaled by its own peak; a token goes to the reference
@@ -132,8 +89,10 @@ def masks_from_attention(maps: np.ndarray, image_hw: tuple[int, int], token_size
     maps = np.asarray(maps, dtype=np.float64)
     rows, cols = token_grid(*image_hw, token_size)
     if maps.ndim != 3 or maps.shape[1:] != (rows, cols):
-        raise ValueError(f"attention maps must be (K, {rows}, {cols}) for a {image_hw} target at "
-                         f"{token_size} px per token, got {maps.shape}")
+        raise ValueError(
+            f"attention maps must be (K, {rows}, {cols}) for a {image_hw} target at "
+            f"{token_size} px per token, got {maps.shape}"
+        )
     scaled = maps / np.maximum(maps.max(axis=(1, 2), keepdims=True), np.finfo(float).tiny)
     owner = np.where(scaled.max(axis=0) >= threshold, scaled.argmax(axis=0), -1)  # (rows, cols)
     for k in range(len(maps)):
@@ -152,8 +111,9 @@ class AttentionSegmenter(Segmenter):
 
     name = "attention"
 
-    def __init__(self, runner=None, threshold: float = DEFAULT_ATTENTION_THRESHOLD,
-                 timestep: float = 0.5, token_size: int = 16):
+    def __init__(
+        self, runner=None, threshold: float = DEFAULT_ATTENTION_THRESHOLD, timestep: float = 0.5, token_size: int = 16
+    ):
         self.runner = runner
         self.threshold = threshold
         self.timestep = timestep
@@ -163,27 +123,22 @@ class AttentionSegmenter(Segmenter):
         maps, token_size = inp.attention, self.token_size  # a record's maps: its pixels_per_token
         if maps is None:
             if self.runner is None:
-                raise ValueError(f"sample {inp.sample_id!r} has no attention maps and no model "
-                                 "was given to compute them (pass runner=FluxRunner(pipe))")
-            maps = self.runner.attention_overview(inp.target, inp.references, inp.caption,
-                                                  self.timestep)
+                raise ValueError(
+                    f"sample {inp.sample_id!r} has no attention maps and no model "
+                    "was given to compute them (pass runner=FluxRunner(pipe))"
+                )
+            maps = self.runner.attention_overview(inp.target, inp.references, inp.caption, self.timestep)
             token_size = self.runner.pixels_per_token
         return masks_from_attention(maps, inp.target.shape[:2], token_size, self.threshold), True
 
 
 # --- registry ---------------------------------------------------------------------------------
 
-def _grounded_sam(**options) -> Segmenter:
-    from mosaic_studio.annotator.segment_models import GroundedSamSegmenter  # transformers only when chosen
-
-    return GroundedSamSegmenter(**options)
-
-
 SEGMENTERS: dict[str, Callable[..., Segmenter]] = {
     GroundTruthSegmenter.name: GroundTruthSegmenter,
     PlainBackgroundSegmenter.name: PlainBackgroundSegmenter,
     AttentionSegmenter.name: AttentionSegmenter,
-    "grounded-sam": _grounded_sam,
+    GroundedSamSegmenter.name: GroundedSamSegmenter,
 }
 
 
@@ -198,11 +153,12 @@ def segment(segmenter: Segmenter, inp: SegmentationInput) -> tuple[list[np.ndarr
     """Run `segmenter` and check its K masks against the target's size."""
     masks, exclusive = segmenter.target_masks(inp)
     if len(masks) != len(inp.references):
-        raise ValueError(f"sample {inp.sample_id!r}: segmenter {segmenter.name!r} gave "
-                         f"{len(masks)} masks for {len(inp.references)} references")
+        raise ValueError(
+            f"sample {inp.sample_id!r}: segmenter {segmenter.name!r} gave "
+            f"{len(masks)} masks for {len(inp.references)} references"
+        )
     shape = inp.target.shape[:2]
-    return [check_mask(m, shape, f"sample {inp.sample_id!r}, target mask {k}")
-            for k, m in enumerate(masks)], exclusive
+    return [check_mask(m, shape, f"sample {inp.sample_id!r}, target mask {k}") for k, m in enumerate(masks)], exclusive
 
 
 def labels_of(labels: Sequence[str], categories: Sequence[str]) -> list[str]:

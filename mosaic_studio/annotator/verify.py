@@ -1,4 +1,4 @@
-"""Verification statistics for the correspondence annotations (SPEC section 6; paper appendix B).
+"""Verification statistics for the correspondence annotations (paper appendix B; docs/DESIGN.md §6).
 
 The paper checks its automatic correspondences by "stratified sampling on 10% of the full
 dataset" over single/multi-reference scenes and object categories, and reports an error rate.
@@ -13,16 +13,18 @@ A stratum is (subject count, sorted category combination): a sample with referen
 ["person", "chair"] is in stratum (2, ("chair", "person")). Categories are a multiset, so two
 people stay ("person", "person").
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from enum import Enum
 from fractions import Fraction
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 DEFAULT_FRACTION = 0.10  # appendix B: "stratified sampling on 10% of the full dataset"
 Z_95 = 1.959963984540054  # two-sided 95% standard-normal quantile, Φ⁻¹(0.975)
@@ -47,6 +49,7 @@ class VerdictRow(NamedTuple):
 
 
 # --- strata -----------------------------------------------------------------------------------
+
 
 def stratum_of(categories: Iterable[str]) -> Stratum:
     """The stratum of a sample from its per-reference category tags."""
@@ -73,6 +76,7 @@ def format_stratum(stratum: Stratum) -> str:
 
 # --- sampling ---------------------------------------------------------------------------------
 
+
 def sample_size(population: int, fraction: float) -> int:
     """Rounding rule: ceil(fraction · population), so every non-empty stratum gets at least one.
 
@@ -93,8 +97,9 @@ def _priority(seed: int, sample_id: str) -> bytes:
     return hashlib.sha256(f"{seed}\x1f{sample_id}".encode()).digest()
 
 
-def stratified_sample(samples: Iterable[tuple[str, Stratum]], fraction: float = DEFAULT_FRACTION,
-                      seed: int = 0) -> list[str]:
+def stratified_sample(
+    samples: Iterable[tuple[str, Stratum]], fraction: float = DEFAULT_FRACTION, seed: int = 0
+) -> list[str]:
     """Choose ceil(fraction · n_s) samples from each stratum s (see `sample_size`).
 
     samples: (sample_id, stratum) pairs. Returns the chosen ids, sorted. The same seed and
@@ -112,11 +117,12 @@ def stratified_sample(samples: Iterable[tuple[str, Stratum]], fraction: float = 
     chosen: list[str] = []
     for members in strata.values():
         members.sort(key=lambda sample_id: (_priority(seed, sample_id), sample_id))
-        chosen.extend(members[:sample_size(len(members), fraction)])
+        chosen.extend(members[: sample_size(len(members), fraction)])
     return sorted(chosen)
 
 
 # --- error rate -------------------------------------------------------------------------------
+
 
 def wilson_interval(wrong: int, judged: int, z: float = Z_95) -> tuple[float, float, float]:
     """(rate, low, high): the observed rate wrong/judged and its Wilson score interval.
@@ -165,14 +171,23 @@ class ErrorRate:
         counts = Counter(Verdict(row.verdict) for row in rows)
         correct, wrong = counts[Verdict.CORRECT], counts[Verdict.WRONG]
         rate, low, high = wilson_interval(wrong, correct + wrong)
-        return cls(samples=len({row.sample_id for row in rows}), correct=correct, wrong=wrong,
-                   unsure=counts[Verdict.UNSURE], judged=correct + wrong, rate=rate, low=low,
-                   high=high)
+        return cls(
+            samples=len({row.sample_id for row in rows}),
+            correct=correct,
+            wrong=wrong,
+            unsure=counts[Verdict.UNSURE],
+            judged=correct + wrong,
+            rate=rate,
+            low=low,
+            high=high,
+        )
 
     def as_dict(self) -> dict:
         """JSON-ready: NaN (no judged point) becomes None."""
-        return {key: (None if isinstance(value, float) and math.isnan(value) else value)
-                for key, value in asdict(self).items()}
+        return {
+            key: (None if isinstance(value, float) and math.isnan(value) else value)
+            for key, value in asdict(self).items()
+        }
 
 
 @dataclass(frozen=True)
@@ -196,7 +211,8 @@ def error_report(verdicts: Iterable[VerdictRow | tuple[str, Stratum, str]]) -> E
         by_stratum.setdefault(row.stratum, []).append(row)
     return ErrorReport(
         strata={stratum: ErrorRate.of(by_stratum[stratum]) for stratum in sorted(by_stratum)},
-        overall=ErrorRate.of(rows))
+        overall=ErrorRate.of(rows),
+    )
 
 
 def _check_verdict(value: str, sample_id: str) -> None:
@@ -206,6 +222,7 @@ def _check_verdict(value: str, sample_id: str) -> None:
 
 
 # --- agreement --------------------------------------------------------------------------------
+
 
 def observed_agreement(pairs: Iterable[tuple[str, str]]) -> float:
     """Fraction of pairs where both annotators gave the same label."""

@@ -4,6 +4,7 @@ Nothing is downloaded at run time on an offline machine. A model is named by a H
 or a local folder; when its weights are neither in a local folder nor in the Hugging Face cache,
 `MissingWeightsError` says which model, how to provide it, and which backends work without it.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,8 +16,9 @@ OFFLINE_EXTRACTORS = ("dift", "sift", "patch")
 class MissingWeightsError(RuntimeError):
     """The weights of `model_id` are not available on this machine."""
 
-    def __init__(self, what: str, model_id: str, option: str, alternatives: tuple[str, ...],
-                 cause: BaseException | None = None):
+    def __init__(
+        self, what: str, model_id: str, option: str, alternatives: tuple[str, ...], cause: BaseException | None = None
+    ):
         self.model_id = model_id
         reason = f" ({type(cause).__name__}: {str(cause).splitlines()[0]})" if cause else ""
         super().__init__(
@@ -24,11 +26,11 @@ class MissingWeightsError(RuntimeError):
             f"local folder ({option} PATH, a save_pretrained or Hugging Face snapshot folder), or "
             f"fill the Hugging Face cache once where the hub is reachable: "
             f"`huggingface-cli download {model_id}` (HF_HOME chooses the cache folder). Without "
-            f"them, use an offline backend: {', '.join(alternatives)}.")
+            f"them, use an offline backend: {', '.join(alternatives)}."
+        )
 
 
-def load_pretrained(loader: Any, model_id: str, what: str, option: str,
-                    alternatives: tuple[str, ...], **kwargs) -> Any:
+def load_pretrained(loader: Any, model_id: str, what: str, option: str, alternatives: tuple[str, ...], **kwargs) -> Any:
     """`loader.from_pretrained(model_id)`, with MissingWeightsError when nothing can be found.
 
     transformers raises OSError (FileNotFoundError, or its own "not a local folder and not a

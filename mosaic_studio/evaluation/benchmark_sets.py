@@ -49,10 +49,10 @@ from __future__ import annotations
 import json
 import re
 import string
-from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from PIL import Image
 
@@ -96,20 +96,13 @@ class BenchmarkCase:
         return [Image.open(path).convert("RGB") for path in self.metric_references]
 
 
-def cases_by_subject_count(cases: list[BenchmarkCase]) -> dict[int, list[BenchmarkCase]]:
-    """Cases grouped by number of subjects, ascending (tables report 1, 2, 3, ... separately)."""
-    groups: dict[int, list[BenchmarkCase]] = defaultdict(list)
-    for case in cases:
-        groups[case.num_subjects].append(case)
-    return dict(sorted(groups.items()))
-
-
 def _check_case(case: BenchmarkCase, where: str) -> BenchmarkCase:
     if not case.prompt.strip():
         raise BenchmarkFormatError(f"{where}: empty prompt")
     if not MIN_REFERENCES <= len(case.references) <= MAX_REFERENCES:
-        raise BenchmarkFormatError(f"{where}: {len(case.references)} references; MOSAIC takes "
-                                   f"{MIN_REFERENCES}..{MAX_REFERENCES}")
+        raise BenchmarkFormatError(
+            f"{where}: {len(case.references)} references; MOSAIC takes {MIN_REFERENCES}..{MAX_REFERENCES}"
+        )
     for path in dict.fromkeys([*case.references, *case.metric_references]):  # ordered, no repeats
         if not path.is_file():
             raise BenchmarkFormatError(f"{where}: no such image {path}")
@@ -143,8 +136,10 @@ def check_template(template: str, where: str) -> str:
         raise BenchmarkFormatError(f"{where}: bad template {template!r}: {err}") from err
     unknown = sorted(set(fields) - {UNIQUE_TOKEN, CLASS_TOKEN})
     if unknown:
-        raise BenchmarkFormatError(f"{where}: unknown placeholder(s) {', '.join('{' + f + '}' for f in unknown)} "
-                                   f"in {template!r}; allowed: {{0}} (unique token), {{1}} (class)")
+        raise BenchmarkFormatError(
+            f"{where}: unknown placeholder(s) {', '.join('{' + f + '}' for f in unknown)} "
+            f"in {template!r}; allowed: {{0}} (unique token), {{1}} (class)"
+        )
     return template
 
 
@@ -178,13 +173,17 @@ def parse_dreambench_prompts(path: str | Path) -> DreamBenchPrompts:
                 continue
             match = _TEMPLATE_LINE.match(line)
             if match is None:
-                raise BenchmarkFormatError(f"{where}: expected \"'<template>'.format(unique_token, class_token),\", "
-                                           f"got {line!r}")
+                raise BenchmarkFormatError(
+                    f"{where}: expected \"'<template>'.format(unique_token, class_token),\", got {line!r}"
+                )
             prompts[section].append(check_template(match.group(2), where))
         else:
             raise BenchmarkFormatError(f"{where}: {line!r} outside the sections {', '.join(_SECTIONS)}")
-    for name, found in (("Classes", classes), ("Object Prompts", prompts["object"]),
-                        ("Live Subject Prompts", prompts["live"])):
+    for name, found in (
+        ("Classes", classes),
+        ("Object Prompts", prompts["object"]),
+        ("Live Subject Prompts", prompts["live"]),
+    ):
         if not found:
             raise BenchmarkFormatError(f"{path}: no entries in section {name!r}")
     return DreamBenchPrompts(classes, prompts["object"], prompts["live"])
@@ -195,8 +194,12 @@ def subject_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_dreambench(dataset_dir: str | Path, reference: int | Mapping[str, str] = 0, unique_token: str = "",
-                    live_classes: tuple[str, ...] = LIVE_CLASSES) -> list[BenchmarkCase]:
+def load_dreambench(
+    dataset_dir: str | Path,
+    reference: int | Mapping[str, str] = 0,
+    unique_token: str = "",
+    live_classes: tuple[str, ...] = LIVE_CLASSES,
+) -> list[BenchmarkCase]:
     """One single-subject case per (subject, prompt) of a DreamBench `dataset/` folder.
 
     reference: which image of each subject the model gets: an index into its sorted images, or
@@ -207,8 +210,9 @@ def load_dreambench(dataset_dir: str | Path, reference: int | Mapping[str, str] 
     dataset_dir = Path(dataset_dir)
     prompts_path = dataset_dir / DREAMBENCH_PROMPTS_FILE
     if not prompts_path.is_file():
-        raise BenchmarkFormatError(f"{dataset_dir}: no {DREAMBENCH_PROMPTS_FILE} "
-                                   f"(the DreamBench dataset/ folder has one)")
+        raise BenchmarkFormatError(
+            f"{dataset_dir}: no {DREAMBENCH_PROMPTS_FILE} (the DreamBench dataset/ folder has one)"
+        )
     parsed = parse_dreambench_prompts(prompts_path)
     cases = []
     for subject, class_token in parsed.classes.items():
@@ -219,8 +223,13 @@ def load_dreambench(dataset_dir: str | Path, reference: int | Mapping[str, str] 
         chosen = _pick_reference(subject, images, reference, f"{prompts_path}: subject {subject!r}")
         templates = parsed.live_prompts if class_token in live_classes else parsed.object_prompts
         for k, template in enumerate(templates):
-            case = BenchmarkCase(f"{subject}/{k:02d}", fill_template(template, class_token, unique_token),
-                                 [chosen], [class_token], images)
+            case = BenchmarkCase(
+                f"{subject}/{k:02d}",
+                fill_template(template, class_token, unique_token),
+                [chosen],
+                [class_token],
+                images,
+            )
             cases.append(_check_case(case, f"{prompts_path}: case {case.case_id}"))
     return cases
 
@@ -228,8 +237,9 @@ def load_dreambench(dataset_dir: str | Path, reference: int | Mapping[str, str] 
 def _pick_reference(subject: str, images: list[Path], reference: int | Mapping[str, str], where: str) -> Path:
     if isinstance(reference, int):
         if not -len(images) <= reference < len(images):
-            raise BenchmarkFormatError(f"{where}: reference index {reference} but only {len(images)} images "
-                                       f"in {images[0].parent}")
+            raise BenchmarkFormatError(
+                f"{where}: reference index {reference} but only {len(images)} images in {images[0].parent}"
+            )
         return images[reference]
     if subject not in reference:
         raise BenchmarkFormatError(f"{where}: missing from the reference mapping")
@@ -276,8 +286,8 @@ def load_uno_cases(json_path: str | Path, root: str | Path | None = None) -> lis
     """UNO's DreamBench case lists; image paths are relative to `root` (default: the JSON's
     folder, as UNO's inference.py resolves them). Case ids are the list positions."""
     cases = []
-    for i, entry, where, prompt, root in _list_entries(json_path, root):
-        paths = [root / p for p in _field(entry, "image_paths", list, where)]
+    for i, entry, where, prompt, folder in _list_entries(json_path, root):
+        paths = [folder / p for p in _field(entry, "image_paths", list, where)]
         subjects = [p.parent.name for p in paths]
         cases.append(_check_case(BenchmarkCase(str(i), prompt, paths, subjects, paths), where))
     return cases
@@ -287,7 +297,7 @@ def load_xversebench(json_path: str | Path, root: str | Path | None = None) -> l
     """XVerseBench_single.json / XVerseBench_multi.json; image paths are relative to `root`, the
     XVerse checkout (default: the JSON's folder). Case ids are the entries' "index"."""
     cases = []
-    for i, entry, where, prompt, root in _list_entries(json_path, root):
+    for i, entry, where, prompt, folder in _list_entries(json_path, root):
         modulation = _field(entry, "modulation", list, where)
         if len(modulation) != 1:
             raise BenchmarkFormatError(f"{where}: field 'modulation' should hold one entry, got {len(modulation)}")
@@ -295,16 +305,20 @@ def load_xversebench(json_path: str | Path, root: str | Path | None = None) -> l
         paths, captions = [], []
         for j, src in enumerate(inputs):
             at = f"{where} modulation[0].src_inputs[{j}]"
-            paths.append(root / _field(src, "image_path", str, at))
+            paths.append(folder / _field(src, "image_path", str, at))
             captions.append(_field(src, "caption", str, at))
         subjects = captions
         if "use_words" in modulation[0]:
             words = _field(modulation[0], "use_words", list, f"{where} modulation[0]")
             # [src index, word in caption, word in prompt, (which occurrence), (id flag)], src j at j
-            if len(words) != len(inputs) or not all(isinstance(w, list) and 3 <= len(w) <= 5 and w[0] == j
-                                                    and isinstance(w[1], str) for j, w in enumerate(words)):
-                raise BenchmarkFormatError(f"{where} modulation[0].use_words: expected [j, word, word, ...] for each "
-                                           f"src_input j = 0..{len(inputs) - 1}, got {words!r}")
+            if len(words) != len(inputs) or not all(
+                isinstance(w, list) and 3 <= len(w) <= 5 and w[0] == j and isinstance(w[1], str)
+                for j, w in enumerate(words)
+            ):
+                raise BenchmarkFormatError(
+                    f"{where} modulation[0].use_words: expected [j, word, word, ...] for each "
+                    f"src_input j = 0..{len(inputs) - 1}, got {words!r}"
+                )
             subjects = [w[1] for w in words]  # the label XVerse's scorer detects in the generated image
         case_id = str(entry.get("index", i))
         if any(case.case_id == case_id for case in cases):

@@ -111,7 +111,7 @@ class FeatureDistance:
         self.batch_size = batch_size
 
     @classmethod
-    def from_vae(cls, vae, batch_size: int = DEFAULT_BATCH_SIZE) -> "FeatureDistance":
+    def from_vae(cls, vae, batch_size: int = DEFAULT_BATCH_SIZE) -> FeatureDistance:
         """The default: a diffusers AutoencoderKL's encoder, compared at its `down_blocks` outputs."""
         return cls(vae.encoder, list(vae.encoder.down_blocks), batch_size=batch_size)
 
@@ -124,8 +124,9 @@ class FeatureDistance:
         param = next(self.encoder.parameters())
         pixels = torch.cat([to_unit_range(image) for image in images])  # (N, 3, H, W)
         captured: list[torch.Tensor] = []
-        hooks = [layer.register_forward_hook(lambda module, inputs, output: captured.append(output))
-                 for layer in self.layers]
+        hooks = [
+            layer.register_forward_hook(lambda module, inputs, output: captured.append(output)) for layer in self.layers
+        ]
         per_batch = []
         try:
             for batch in pixels.split(self.batch_size):
@@ -198,8 +199,10 @@ class LpipsDistance:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mosaic_studio.evaluation.diversity",
-                                     description="Mean pairwise distance of images generated with different seeds.")
+    parser = argparse.ArgumentParser(
+        prog="python -m mosaic_studio.evaluation.diversity",
+        description="Mean pairwise distance of images generated with different seeds.",
+    )
     metric = parser.add_mutually_exclusive_group(required=True)
     metric.add_argument("--lpips", action="store_true", help="the paper's LPIPS (needs `lpips` and internet once)")
     metric.add_argument("--vae", metavar="MODEL", help="FeatureDistance over MODEL's VAE encoder (diffusers dir)")

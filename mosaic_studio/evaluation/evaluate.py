@@ -1,13 +1,17 @@
 """Evaluate a MOSAIC model (+ its LoRA) on a benchmark: per-case records, a summary per number of
 subjects, a markdown table and a plot of every metric against the subject count.
 
-    python -m mosaic_studio.evaluation.evaluate --out outputs/eval                  # embedded default, 204 held-out scenes
-    python -m mosaic_studio.evaluation.evaluate --model runs/ablation/both/pipeline --cases 48 --out outputs/eval-both
+    python -m mosaic_studio.evaluation.evaluate --out outputs/eval  # embedded default, 204 held-out scenes
+    python -m mosaic_studio.evaluation.evaluate --model runs/ablation/both/pipeline --cases 48 \\
+        --out outputs/eval-both
     python -m mosaic_studio.evaluation.evaluate --oracle --out outputs/eval-oracle  # the metrics on the true targets
-    python -m mosaic_studio.evaluation.evaluate --model black-forest-labs/FLUX.1-dev --lora bytedance-fanqie-ai/MOSAIC \\
+    python -m mosaic_studio.evaluation.evaluate --model black-forest-labs/FLUX.1-dev \\
+        --lora bytedance-fanqie-ai/MOSAIC \\
         --benchmark xversebench:XVerseBench/eval/tools/XVerseBench_multi.json --root XVerseBench --out outputs/xverse
-    python -m mosaic_studio.evaluation.evaluate --model ... --benchmark dreambench:dreambooth/dataset --out outputs/dreambench
-    python -m mosaic_studio.evaluation.evaluate --model ... --benchmark uno:UNO/datasets/dreambench_multiip.json --out ...
+    python -m mosaic_studio.evaluation.evaluate --model ... --benchmark dreambench:dreambooth/dataset \\
+        --out outputs/dreambench
+    python -m mosaic_studio.evaluation.evaluate --model ... --benchmark uno:UNO/datasets/dreambench_multiip.json \\
+        --out ...
 
 Synthetic world (`--benchmark synthetic`, the default): held-out identities from world seed
 EVAL_SEED, case i has 1 + (i mod 6) subjects. Per case: identity fidelity and fidelity above
@@ -30,6 +34,7 @@ import argparse
 import dataclasses
 import functools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,12 +44,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from mosaic_studio import DEFAULT_MODEL_DIR
-from mosaic_studio.mosaic.data.semalign import MAX_REFERENCES
-from mosaic_studio.train.config import CONFIGS_DIR, load_config
-from mosaic_studio.train.data import collate, generate_exact
-from mosaic_studio.evaluation.report import markdown_by_subjects, markdown_table, plot_by_subjects, summarise
 from mosaic_studio.evaluation.metrics import attention_pck
-from mosaic_studio.train.stages import LoraStage
+from mosaic_studio.evaluation.report import markdown_by_subjects, markdown_table, plot_by_subjects, summarise
+from mosaic_studio.mosaic.data.semalign import MAX_REFERENCES
+from mosaic_studio.mosaic.latents import encode_latents
+from mosaic_studio.mosaic.probe import AttentionProbe
+from mosaic_studio.mosaic.transformer import grid_position_ids, mosaic_forward, reference_position_ids
+from mosaic_studio.train.config import LORA_CONFIG, PROBE_SITES, load_config
+from mosaic_studio.train.data import collate, generate_exact
 from mosaic_studio.world.synthetic import WorldConfig
 
 EVAL_SEED = 1234  # held-out scenes come from a world seed the training never used
@@ -52,7 +59,6 @@ PCK_TIMESTEPS = (0.3, 0.5, 0.7)  # the probe's PCK is averaged over these noise 
 PCK_POINTS = 32  # correspondences per reference per case
 DECOY_OFFSET = 50_000  # decoy scenes: far from any case index
 DECOYS = 2
-LORA_CONFIG = CONFIGS_DIR / "default_lora.yaml"
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,9 @@ class Settings:
 def heldout_sample(index: int, num_refs: int | None, target_size: int = 128, ref_size: int = 64, token_size: int = 8):
     """Held-out scene `index` with exactly `num_refs` subjects (None: any number)."""
     lo, hi = (num_refs, num_refs) if num_refs else (1, MAX_REFERENCES)
-    world = WorldConfig(target_size=target_size, ref_size=ref_size, token_size=token_size, min_subjects=lo, max_subjects=hi)
+    world = WorldConfig(
+        target_size=target_size, ref_size=ref_size, token_size=token_size, min_subjects=lo, max_subjects=hi
+    )
     return generate_exact(EVAL_SEED, index, "heldout", world, num_refs)
 
 
@@ -80,19 +88,56 @@ def synthetic_cases(count: int, side: int, token_size: int) -> list:
     return [heldout_sample(i, 1 + i % MAX_REFERENCES, side, side // 2, token_size) for i in range(count)]
 
 
-@functools.lru_cache(maxsize=1)
-def _probe_stage() -> LoraStage:
-    """The training's LoRA stage, read once: every case probes it at three noise levels."""
-    return LoraStage(load_config(LORA_CONFIG))
-
-
 @torch.no_grad()
-def probe_rows(pipe, batch, t: float) -> torch.Tensor:
-    """Eq. 8 rows (B, K·P, N_tgt) of the batch's points at noise level t, on the training's probe
-    sites (mosaic_studio/train/configs/default_lora.yaml), with fixed noise."""
-    stage = _probe_stage()
-    f = stage.flow_inputs(pipe, batch, torch.Generator().manual_seed(int(t * 1000)), t=t)
-    return stage.predict(pipe, pipe.transformer, batch, f, probe=True)[1]
+def probe_attention(
+    pipe, batch, t: float, sites: Sequence[str], generator: torch.Generator, max_sequence_length: int
+) -> torch.Tensor:
+    """Eq. 8 rows (B, K·P, N_tgt) of the batch's correspondence points (`batch.rows`) at noise
+    level t, averaged over the transformer blocks `sites` (module names, e.g.
+    `mosaic.probe.early_double_blocks(pipe.transformer)`). The target is encoded (a posterior
+    sample) and noised with `generator` exactly as a training step does, so the rows are the ones
+    the losses supervise; references use the posterior mean."""
+    transformer = pipe.transformer
+    x0, grid = encode_latents(pipe, batch.target, generator=generator)
+    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    timestep = torch.as_tensor(t).expand(len(x0)).to(x0)
+    prompt, pooled, text_ids = pipe.encode_prompt(
+        prompt=batch.captions, prompt_2=None, device=transformer.device, max_sequence_length=max_sequence_length
+    )
+    guidance = torch.ones_like(timestep) if transformer.config.guidance_embeds else None  # as the training embeds it
+    b, k = batch.references.shape[:2]
+    tokens, ref_grid = encode_latents(pipe, batch.references.flatten(0, 1))
+    s = timestep.view(-1, 1, 1)
+    probe = AttentionProbe(batch.rows)
+    with probe.attached(transformer, sites):
+        mosaic_forward(
+            transformer,
+            (1 - s) * x0 + s * noise,
+            encoder_hidden_states=prompt,
+            pooled_projections=pooled,
+            timestep=timestep,
+            img_ids=grid_position_ids(*grid, device=x0.device, dtype=x0.dtype),
+            txt_ids=text_ids,
+            guidance=guidance,
+            reference_latents=tokens.reshape(b, k, *tokens.shape[1:]),
+            reference_ids=reference_position_ids(k, *ref_grid, device=tokens.device, dtype=tokens.dtype),
+        )
+    return probe.attention()
+
+
+@functools.lru_cache(maxsize=1)
+def lora_probe_settings() -> tuple[str, int]:
+    """(loss.blocks, model.max_sequence_length) of the default LoRA stage (train/configs/default_lora.yaml),
+    read once: PCK probes the sites that stage supervises, with its caption length."""
+    config = load_config(LORA_CONFIG)
+    return config.loss.blocks, config.model.max_sequence_length
+
+
+def probe_points(pipe, batch, t: float) -> torch.Tensor:
+    """`probe_attention` on the default LoRA stage's probe sites, with noise fixed by t."""
+    blocks, max_sequence_length = lora_probe_settings()
+    sites = PROBE_SITES[blocks](pipe.transformer)
+    return probe_attention(pipe, batch, t, sites, torch.Generator().manual_seed(int(t * 1000)), max_sequence_length)
 
 
 @torch.no_grad()
@@ -104,7 +149,7 @@ def probe_hits(pipe, sample, rng: np.random.Generator) -> tuple[float, int]:
     grid_w = sample.target.shape[1] // token
     hits, total = 0.0, 0
     for t in PCK_TIMESTEPS:
-        attention = probe_rows(pipe, batch, t)
+        attention = probe_points(pipe, batch, t)
         n = int(batch.valid.sum())
         hits += attention_pck(attention, batch.tgt_index, grid_w, 1, batch.valid).item() * n
         total += n
@@ -112,9 +157,15 @@ def probe_hits(pipe, sample, rng: np.random.Generator) -> tuple[float, int]:
 
 
 def generate(pipe, prompt: str, references: list[Image.Image], settings: Settings, seed: int) -> Image.Image:
-    return pipe(prompt, references=references, height=settings.side, width=settings.side,
-                num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                generator=torch.Generator().manual_seed(seed)).images[0]  # fmt: skip
+    return pipe(
+        prompt,
+        reference_images=references,
+        height=settings.side,
+        width=settings.side,
+        num_inference_steps=settings.steps,
+        guidance_scale=settings.guidance,
+        generator=torch.Generator().manual_seed(seed),
+    ).images[0]
 
 
 def _fraction(flags: list) -> float | None:
@@ -134,7 +185,10 @@ def decoys(index: int, sample) -> list[np.ndarray]:
 
 def world_record(image: np.ndarray, sample, decoy_references: list[np.ndarray]) -> dict:
     """The case's world metrics: each a mean over its subjects (mosaic_studio/evaluation/world_metrics.py)."""
-    from mosaic_studio.evaluation.world_metrics import chance_fidelity, subject_scores  # OpenCV only where the world is scored
+    from mosaic_studio.evaluation.world_metrics import (
+        chance_fidelity,
+        subject_scores,
+    )  # OpenCV only where the world is scored
 
     colours = [s["colour"] for s in sample.meta["subjects"]]
     chance = chance_fidelity(image, decoy_references) if decoy_references else 0.0  # no decoy: an identity clash
@@ -167,7 +221,9 @@ class Evaluator:
         s = self.settings
         if self.distance is None or s.oracle or s.diversity_every <= 0 or index % s.diversity_every or s.seeds < 2:
             return None
-        images = [first] + [generate(self.pipe, prompt, references, s, seed=index * 1000 + j) for j in range(1, s.seeds)]
+        images = [first] + [
+            generate(self.pipe, prompt, references, s, seed=index * 1000 + j) for j in range(1, s.seeds)
+        ]
         return mean_pairwise_distance(images, self.distance)
 
     def _image(self, index: int, case_id: str, prompt: str, refs: list[Image.Image], image: Image.Image | None = None):
@@ -205,11 +261,15 @@ def load_cases(benchmark: str, count: int, side: int, token_size: int, root: str
     from mosaic_studio.evaluation import benchmark_sets
 
     kind, sep, path = benchmark.partition(":")
-    loaders = {"dreambench": lambda: benchmark_sets.load_dreambench(path),
-               "uno": lambda: benchmark_sets.load_uno_cases(path, root),
-               "xversebench": lambda: benchmark_sets.load_xversebench(path, root)}  # fmt: skip
+    loaders = {
+        "dreambench": lambda: benchmark_sets.load_dreambench(path),
+        "uno": lambda: benchmark_sets.load_uno_cases(path, root),
+        "xversebench": lambda: benchmark_sets.load_xversebench(path, root),
+    }
     if not sep or kind not in loaders:
-        raise ValueError(f"unknown benchmark {benchmark!r}: use synthetic, dreambench:DIR, uno:JSON or xversebench:JSON")
+        raise ValueError(
+            f"unknown benchmark {benchmark!r}: use synthetic, dreambench:DIR, uno:JSON or xversebench:JSON"
+        )
     cases = loaders[kind]()
     return "published", cases[:count] if count > 0 else cases
 
@@ -237,9 +297,13 @@ def _resume(out: Path, settings: Settings) -> list[dict]:
     return records
 
 
-def evaluate(pipe, settings: Settings, out: Path, root: str | None = None, distance=None, scorer=None, name: str = "model") -> dict:
+def evaluate(
+    pipe, settings: Settings, out: Path, root: str | None = None, distance=None, scorer=None, name: str = "model"
+) -> dict:
     """Run (or resume) every case; returns the summary and writes the report files."""
-    kind, cases = load_cases(settings.benchmark, settings.cases, settings.side, getattr(pipe, "pixels_per_token", 8), root)
+    kind, cases = load_cases(
+        settings.benchmark, settings.cases, settings.side, getattr(pipe, "pixels_per_token", 8), root
+    )
     if kind == "published" and scorer is None:
         raise ValueError("a published benchmark needs a PublishedScorer (CLIP and DINO models)")
     if settings.oracle and kind != "synthetic":
@@ -253,10 +317,14 @@ def evaluate(pipe, settings: Settings, out: Path, root: str | None = None, dista
             stream.write(json.dumps(records[-1]) + "\n")
             stream.flush()
     summary = summarise(records)
-    (out / "evaluation.json").write_text(json.dumps({"settings": dataclasses.asdict(settings), "summary": summary, "records": records}, indent=2))
+    (out / "evaluation.json").write_text(
+        json.dumps({"settings": dataclasses.asdict(settings), "summary": summary, "records": records}, indent=2)
+    )
     table = markdown_table({name: summary})
     by_k = "\n\n".join(markdown_by_subjects({name: summary}, m) for m in summary["overall"])
-    (out / "evaluation.md").write_text(f"# Evaluation: {name} on {settings.benchmark}\n\n{summary['cases']} cases.\n\n{table}\n\n{by_k}\n")
+    (out / "evaluation.md").write_text(
+        f"# Evaluation: {name} on {settings.benchmark}\n\n{summary['cases']} cases.\n\n{table}\n\n{by_k}\n"
+    )
     plot_by_subjects({name: summary}, out / "metrics_vs_subjects.png", title=f"{name} on {settings.benchmark}")
     return summary
 
@@ -265,19 +333,27 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="pipeline folder or hub id")
     parser.add_argument("--lora", default="auto", help="LoRA folder/hub id; 'auto' = the model folder's own; 'none'")
-    parser.add_argument("--benchmark", default="synthetic", help="synthetic | dreambench:DIR | uno:JSON | xversebench:JSON")
+    parser.add_argument(
+        "--benchmark", default="synthetic", help="synthetic | dreambench:DIR | uno:JSON | xversebench:JSON"
+    )
     parser.add_argument("--root", help="folder the case list's image paths are relative to (uno, xversebench)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--name", help="row name in the report (default: the model folder's name)")
     defaults = Settings()
     parser.add_argument("--cases", type=int, default=defaults.cases)
     parser.add_argument("--side", type=int, help=f"image side (synthetic: {defaults.side}; else the model's usual)")
-    parser.add_argument("--steps", type=int, help=f"denoising steps (synthetic: {defaults.steps}; else the model's usual)")
-    parser.add_argument("--guidance", type=float, help=f"guidance (synthetic: {defaults.guidance}; else the model's usual)")
+    parser.add_argument(
+        "--steps", type=int, help=f"denoising steps (synthetic: {defaults.steps}; else the model's usual)"
+    )
+    parser.add_argument(
+        "--guidance", type=float, help=f"guidance (synthetic: {defaults.guidance}; else the model's usual)"
+    )
     parser.add_argument("--seeds", type=int, default=defaults.seeds)
     parser.add_argument("--diversity-every", type=int, default=defaults.diversity_every)
     parser.add_argument("--oracle", action="store_true", help="score the true targets: the metrics' ceiling")
-    parser.add_argument("--lpips", action="store_true", help="diversity with LPIPS (needs the lpips package and its weights)")
+    parser.add_argument(
+        "--lpips", action="store_true", help="diversity with LPIPS (needs the lpips package and its weights)"
+    )
     parser.add_argument("--clip-model", default=None, help="CLIP id or folder for CLIP-I/CLIP-T")
     parser.add_argument("--dino-model", default=None, help="DINO id or folder")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -285,22 +361,32 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from mosaic_studio.evaluation.diversity import FeatureDistance, LpipsDistance
     from mosaic_studio.mosaic.loading import load_pipeline
     from mosaic_studio.mosaic.pipeline import default_settings
-    from mosaic_studio.evaluation.diversity import FeatureDistance, LpipsDistance
 
     pipe = load_pipeline(args.model, lora=None if args.lora == "none" else args.lora, device=args.device)
     pipe.set_progress_bar_config(disable=True)
     # The synthetic world is scored at its training size; published lists at the model's usual settings.
     usual = dataclasses.asdict(defaults) if args.benchmark == "synthetic" else default_settings(pipe)
-    settings = Settings(args.benchmark, args.cases, args.side or usual["side"], args.steps or usual["steps"],
-                        args.guidance or usual["guidance"], args.seeds, args.diversity_every, args.oracle)  # fmt: skip
+    settings = Settings(
+        args.benchmark,
+        args.cases,
+        args.side or usual["side"],
+        args.steps or usual["steps"],
+        args.guidance or usual["guidance"],
+        args.seeds,
+        args.diversity_every,
+        args.oracle,
+    )
     distance = LpipsDistance(device=args.device) if args.lpips else FeatureDistance.from_vae(pipe.vae)
     scorer = None
     if settings.benchmark != "synthetic":
         from mosaic_studio.evaluation.published_metrics import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL, PublishedScorer
 
-        scorer = PublishedScorer(args.clip_model or DEFAULT_CLIP_MODEL, args.dino_model or DEFAULT_DINO_MODEL, device=args.device)
+        scorer = PublishedScorer(
+            args.clip_model or DEFAULT_CLIP_MODEL, args.dino_model or DEFAULT_DINO_MODEL, device=args.device
+        )
     name = args.name or Path(args.model.rstrip("/")).name
     summary = evaluate(pipe, settings, Path(args.out), args.root, distance, scorer, name)
     print(markdown_table({name: summary}))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def attention_pck(attention: torch.Tensor, tgt_index: torch.Tensor, grid_w: int, radius: int = 1,
-                  valid: torch.Tensor | None = None) -> torch.Tensor:
+def attention_pck(
+    attention: torch.Tensor, tgt_index: torch.Tensor, grid_w: int, radius: int = 1, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """Attention PCK: the fraction of reference points whose probe row peaks within `radius`
     tokens (Chebyshev distance on the target token grid) of the true target token.
 

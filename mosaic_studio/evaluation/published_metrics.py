@@ -46,8 +46,8 @@ protocols differ, and this module does not reproduce them:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -132,8 +132,13 @@ class PublishedScorer:
     run in float32, the published precision. batch_size: images per forward pass.
     """
 
-    def __init__(self, clip_model: str | Path = DEFAULT_CLIP_MODEL, dino_model: str | Path = DEFAULT_DINO_MODEL,
-                 device: str | torch.device = "cpu", batch_size: int = 32):
+    def __init__(
+        self,
+        clip_model: str | Path = DEFAULT_CLIP_MODEL,
+        dino_model: str | Path = DEFAULT_DINO_MODEL,
+        device: str | torch.device = "cpu",
+        batch_size: int = 32,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.clip_model_id = str(clip_model)
@@ -157,7 +162,7 @@ class PublishedScorer:
             self._dino = _load(AutoModel.from_pretrained, self.dino_model_id, "DINO").to(self.device).eval()
         return self._dino
 
-    def load(self) -> "PublishedScorer":
+    def load(self) -> PublishedScorer:
         """Load both models now (instead of on first use), e.g. to fail early."""
         self._clip_parts()
         self._dino_model()
@@ -169,7 +174,7 @@ class PublishedScorer:
         if len(items) == 0:
             raise ValueError(f"{what}: no inputs")
         with torch.no_grad():
-            chunks = [embed(items[i:i + self.batch_size]) for i in range(0, len(items), self.batch_size)]
+            chunks = [embed(items[i : i + self.batch_size]) for i in range(0, len(items), self.batch_size)]
         return torch.cat(chunks).float().cpu()
 
     def clip_image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -190,8 +195,9 @@ class PublishedScorer:
 
         def embed(batch):
             tokens = tokenizer(list(batch), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-            return model.get_text_features(input_ids=tokens["input_ids"].to(self.device),
-                                           attention_mask=tokens["attention_mask"].to(self.device)).pooler_output
+            return model.get_text_features(
+                input_ids=tokens["input_ids"].to(self.device), attention_mask=tokens["attention_mask"].to(self.device)
+            ).pooler_output
 
         return self._batched(prompts, embed, "clip_text_embeddings")
 

@@ -13,7 +13,7 @@ from collections import defaultdict
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 # Metric key → (label, higher is better). Order is the tables' column order.
 METRICS = {
@@ -69,7 +69,10 @@ def markdown_table(summaries: dict[str, dict], metrics: list[str] | None = None)
 def markdown_by_subjects(summaries: dict[str, dict], metric: str) -> str:
     """One row per named summary, one column per number of subjects, for one metric."""
     counts = sorted({int(k) for s in summaries.values() for k in s["by_subjects"]})
-    rows = [f"| {METRICS[metric][0]} | " + " | ".join(f"K={k}" for k in counts) + " |", "|---" * (len(counts) + 1) + "|"]
+    rows = [
+        f"| {METRICS[metric][0]} | " + " | ".join(f"K={k}" for k in counts) + " |",
+        "|---" * (len(counts) + 1) + "|",
+    ]
     for name, summary in summaries.items():
         by = {int(k): v for k, v in summary["by_subjects"].items()}
         rows.append(f"| {name} | " + " | ".join(_cell(by.get(k, {}).get(metric)) for k in counts) + " |")
@@ -84,8 +87,11 @@ def plot_by_subjects(summaries: dict[str, dict], path, metrics: list[str] | None
     fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.9 * rows), squeeze=False)
     for ax, metric in zip(axes.flat, metrics):
         for i, (name, summary) in enumerate(summaries.items()):  # a fixed colour per row in every panel
-            by = sorted((int(k), v[metric]["mean"]) for k, v in summary["by_subjects"].items()
-                        if metric in v and v[metric]["mean"] is not None)  # fmt: skip
+            by = sorted(
+                (int(k), v[metric]["mean"])
+                for k, v in summary["by_subjects"].items()
+                if metric in v and v[metric]["mean"] is not None
+            )
             if by:
                 ax.plot(*zip(*by), marker="o", label=name, color=f"C{i}")
         label, higher = METRICS[metric]

@@ -156,7 +156,10 @@ def _views(reference: np.ndarray, image_side: int) -> list[_View]:
         if max(size) >= image_side:
             continue
         matrix = np.concatenate([linear, (half - linear @ [w / 2, h / 2])[:, None]], axis=1)
-        warp = lambda a, border: cv2.warpAffine(a, matrix, size, flags=cv2.INTER_LINEAR, borderValue=border)  # noqa: E731
+
+        def warp(a, border, matrix=matrix, size=size):  # bound now: used within this iteration only
+            return cv2.warpAffine(a, matrix, size, flags=cv2.INTER_LINEAR, borderValue=border)
+
         view_mask = (warp(silhouette, 0) >= 0.5).astype(np.float32)
         if view_mask.sum() < 4:
             continue
@@ -166,7 +169,17 @@ def _views(reference: np.ndarray, image_side: int) -> list[_View]:
         window = cv2.dilate(view_mask, np.ones((2 * EDGE_MARGIN + 1,) * 2, np.uint8))
         inner = cv2.erode(view_mask, np.ones((3, 3), np.uint8))  # its boundary blends with white
         outline = _gradient(_blur(np.repeat(view_mask[..., None] * 255, 3, axis=-1)))
-        views.append(_View(view_colour, inner if inner.sum() >= 4 else view_mask, window, _gradient(view_colour), outline, raw, view_mask))
+        views.append(
+            _View(
+                view_colour,
+                inner if inner.sum() >= 4 else view_mask,
+                window,
+                _gradient(view_colour),
+                outline,
+                raw,
+                view_mask,
+            )
+        )
     return views
 
 
@@ -252,7 +265,11 @@ def _search(reference: np.ndarray, pixels: np.ndarray, edges: np.ndarray, own: s
         found.kind = max(found.kind, float(_ncc(edges, view.outline, view.window).max()))
         y, x = np.unravel_index(match.argmax(), match.shape)
         if match[y, x] > found.fidelity:
-            found.fidelity, found.structure, found.colour = float(match[y, x]), float(structure[y, x]), float(colour[y, x])
+            found.fidelity, found.structure, found.colour = (
+                float(match[y, x]),
+                float(structure[y, x]),
+                float(colour[y, x]),
+            )
             found.box, found.view, found.at = (int(x), int(y), int(x + w), int(y + h)), view, (y, x)
         for _ in range(2):  # the two best positions of each viewpoint: room for a duplicate
             y, x = np.unravel_index(match.argmax(), match.shape)
@@ -287,8 +304,9 @@ def chance_fidelity(image: np.ndarray, decoys: list[np.ndarray]) -> float:
     return float(np.mean([_search(d, pixels, edges).fidelity for d in decoys]))
 
 
-def subject_scores(image: np.ndarray, references: list[np.ndarray], caption_colours: list[str] | None = None,
-                   chance: float = 0.0) -> list[SubjectScore]:
+def subject_scores(
+    image: np.ndarray, references: list[np.ndarray], caption_colours: list[str] | None = None, chance: float = 0.0
+) -> list[SubjectScore]:
     """Fidelity, presence, leakage and adherence of every reference's subject in `image`.
 
     image: (H, W, 3) uint8 generation (square); references: (r, r, 3) uint8 on white, in
@@ -318,10 +336,17 @@ def subject_scores(image: np.ndarray, references: list[np.ndarray], caption_colo
     for k, reference in enumerate(references):
         others = list(dict.fromkeys(name for name in own if name != own[k]))  # distinct, in order
         found = _search(reference, pixels, edges, own[k], [means[own.index(name)] for name in others])
-        results.append(SubjectScore(
-            fidelity=found.fidelity, gain=found.fidelity - chance, structure=found.structure, colour=found.colour,
-            count=count_instances([c for c in found.candidates if c[0] >= threshold]),
-            leaked=_leaked(found, threshold),
-            colour_present=bool(counts[_NAMES.index(caption_colours[k])] >= COLOUR_AREA),
-            kind_present=found.kind >= SHAPE_THRESHOLD, box=found.box))  # fmt: skip
+        results.append(
+            SubjectScore(
+                fidelity=found.fidelity,
+                gain=found.fidelity - chance,
+                structure=found.structure,
+                colour=found.colour,
+                count=count_instances([c for c in found.candidates if c[0] >= threshold]),
+                leaked=_leaked(found, threshold),
+                colour_present=bool(counts[_NAMES.index(caption_colours[k])] >= COLOUR_AREA),
+                kind_present=found.kind >= SHAPE_THRESHOLD,
+                box=found.box,
+            )
+        )
     return results

@@ -1,9 +1,9 @@
 """The loss ablation (paper Table 4) and the P_k sweep (paper Fig. 6) on the synthetic world:
 
-    python -m mosaic_studio.experiments.ablate                       # train every variant, evaluate, write docs/ABLATION.md
-    python -m mosaic_studio.experiments.ablate --phase train         # only the LoRAs (resumable: rerun after a stop)
-    python -m mosaic_studio.experiments.ablate --phase evaluate      # evaluate (resumable) and write the report
-    python -m mosaic_studio.experiments.ablate --no-sweep --steps 100 --cases 24 --runs runs/ablation-quick   # a quick look
+    python -m mosaic_studio.experiments.ablate                # train every variant, evaluate, write docs/ABLATION.md
+    python -m mosaic_studio.experiments.ablate --phase train  # only the LoRAs (resumable: rerun after a stop)
+    python -m mosaic_studio.experiments.ablate --phase evaluate  # evaluate (resumable) and write the report
+    python -m mosaic_studio.experiments.ablate --no-sweep --steps 100 --cases 24 --runs runs/ablation-quick  # quick
 
 Every variant is the default LoRA stage (mosaic_studio/train/configs/default_lora.yaml) from the same base
 (the embedded default's transformer, its LoRA ignored), the same world seed (so the same
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mosaic_studio import DEFAULT_MODEL_DIR
-from mosaic_studio.train.config import CONFIGS_DIR
+from mosaic_studio.experiments.ablation_report import write_report
+from mosaic_studio.train.config import LORA_CONFIG
 
-LORA_CONFIG = CONFIGS_DIR / "default_lora.yaml"
 PAPER_ALPHA, PAPER_BETA, PAPER_POINTS = 0.4, 0.6, 150
 
 
@@ -72,9 +72,21 @@ def train_variant(variant: Variant, runs: Path, base: str, steps: int, seed: int
     """Train one variant in a child process (one torch thread); returns wall minutes."""
     if is_trained(runs, variant):
         return 0.0
-    command = [sys.executable, "-m", "mosaic_studio.train", "--config", str(LORA_CONFIG), *variant.overrides(),
-               f"model.pretrained={base}", f"run.output_dir={run_dir(runs, variant)}", f"data.seed={seed}",
-               f"optim.max_steps={steps}", "run.max_minutes=0", "run.threads=1", *overrides]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "mosaic_studio.train",
+        "--config",
+        str(LORA_CONFIG),
+        *variant.overrides(),
+        f"model.pretrained={base}",
+        f"run.output_dir={run_dir(runs, variant)}",
+        f"data.seed={seed}",
+        f"optim.max_steps={steps}",
+        "run.max_minutes=0",
+        "run.threads=1",
+        *overrides,
+    ]
     return run_job(command, run_dir(runs, variant).with_suffix(".out"), f"training variant {variant.name!r}")
 
 
@@ -95,7 +107,9 @@ def run_job(command: list[str], log: Path, what: str) -> float:
 def train_all(variants, runs: Path, base: str, steps: int, seed: int, jobs: int, overrides=()) -> None:
     began = time.time()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for variant, minutes in zip(variants, pool.map(lambda v: train_variant(v, runs, base, steps, seed, overrides), variants)):
+        for variant, minutes in zip(
+            variants, pool.map(lambda v: train_variant(v, runs, base, steps, seed, overrides), variants)
+        ):
             _add_minutes(runs / variant.name / "train_minutes.txt", minutes)
     _log_phase(runs, "train", began, [v.name for v in variants])
 
@@ -111,7 +125,13 @@ def _log_phase(runs: Path, phase: str, began: float, names: list[str]) -> None:
     """One line per invocation with its wall-clock start and end (epoch seconds): invocations
     may overlap, so the ablation's wall time is the span from the first start to the last end."""
     end = time.time()
-    line = {"phase": phase, "start": round(began, 1), "end": round(end, 1), "minutes": round((end - began) / 60, 3), "jobs": names}
+    line = {
+        "phase": phase,
+        "start": round(began, 1),
+        "end": round(end, 1),
+        "minutes": round((end - began) / 60, 3),
+        "jobs": names,
+    }
     with (runs / "phases.jsonl").open("a") as stream:  # one short append per invocation
         stream.write(json.dumps(line) + "\n")
 
@@ -133,8 +153,22 @@ def evaluate_variant(name: str, model: str, runs: Path, cases: int, extra: list[
     out = runs / name / "eval"
     if (out / "evaluation.json").is_file():
         return 0.0
-    command = [sys.executable, "-m", "mosaic_studio.evaluation.evaluate", "--model", model, "--out", str(out), "--name", name,
-               "--cases", str(cases), "--threads", "1", *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "mosaic_studio.evaluation.evaluate",
+        "--model",
+        model,
+        "--out",
+        str(out),
+        "--name",
+        name,
+        "--cases",
+        str(cases),
+        "--threads",
+        "1",
+        *extra,
+    ]
     return run_job(command, runs / f"{name}.eval.out", f"evaluating {name!r}")
 
 
@@ -152,14 +186,18 @@ def evaluation_jobs(variants, runs: Path, base: str, sweep_cases: int = 0) -> li
 def evaluate_all(jobs, runs: Path, cases: int, workers: int, extra=()) -> None:
     began = time.time()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for job, minutes in zip(jobs, pool.map(lambda j: evaluate_variant(j[0], j[1], runs, cases, [*j[2], *extra]), jobs)):
+        for job, minutes in zip(
+            jobs, pool.map(lambda j: evaluate_variant(j[0], j[1], runs, cases, [*j[2], *extra]), jobs)
+        ):
             _add_minutes(runs / job[0] / "eval_minutes.txt", minutes)
     _log_phase(runs, "evaluate", began, [j[0] for j in jobs])
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", default=str(DEFAULT_MODEL_DIR), help="pipeline folder whose transformer is the frozen base")
+    parser.add_argument(
+        "--base", default=str(DEFAULT_MODEL_DIR), help="pipeline folder whose transformer is the frozen base"
+    )
     parser.add_argument("--runs", default="runs/ablation")
     parser.add_argument("--out", default="docs", help="where ABLATION.md and docs/ablation/ go")
     parser.add_argument("--steps", type=int, default=500, help="LoRA steps per variant (equal budgets)")
@@ -168,11 +206,17 @@ def main(argv=None) -> None:
     parser.add_argument("--cases", type=int, default=204, help="held-out cases per variant (spread over 1-6 subjects)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the P_k sweep")
     parser.add_argument("--sweep-cases", type=int, default=102, help="cases per P_k sweep row (0 = --cases)")
-    parser.add_argument("--sweep-points", type=lambda text: tuple(int(p) for p in text.split(",")), default=SWEEP_POINTS,
-                        help="P_k values of the sweep besides 150, comma-separated (default 50,100,200)")
+    parser.add_argument(
+        "--sweep-points",
+        type=lambda text: tuple(int(p) for p in text.split(",")),
+        default=SWEEP_POINTS,
+        help="P_k values of the sweep besides 150, comma-separated (default 50,100,200)",
+    )
     parser.add_argument("--phase", choices=("train", "evaluate", "all"), default="all")
     parser.add_argument("--evaluate-args", default="", help="extra train.evaluate options, e.g. '--steps 20'")
-    parser.add_argument("overrides", nargs="*", help="training config overrides for every variant, e.g. optim.batch_size=4")
+    parser.add_argument(
+        "overrides", nargs="*", help="training config overrides for every variant, e.g. optim.batch_size=4"
+    )
     parser.add_argument("--only", help="evaluate only these comma-separated rows (no report), e.g. oracle,none")
     args = parser.parse_args(argv)
     runs = Path(args.runs)
@@ -188,9 +232,7 @@ def main(argv=None) -> None:
             raise SystemExit(f"not trained yet: {', '.join(missing)}; run --phase train first")
         evaluate_all(jobs, runs, args.cases, args.jobs, shlex.split(args.evaluate_args))
         if not args.only:
-            from mosaic_studio.experiments.ablation_report import write_report
-
-            print(f"report: {write_report(runs, Path(args.out), variants, args.base)}")
+            print(f"report: {write_report(runs, Path(args.out), variants, args.base, collect_timings(runs))}")
     print(json.dumps(collect_timings(runs), indent=2))
 
 

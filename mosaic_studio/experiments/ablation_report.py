@@ -24,12 +24,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from mosaic_studio.experiments.ablate import collect_timings  # noqa: E402
-from mosaic_studio.evaluation.report import METRICS, markdown_by_subjects, markdown_table, plot_by_subjects, summarise  # noqa: E402
+from mosaic_studio.evaluation.evaluate import EVAL_SEED, heldout_sample, probe_points
+from mosaic_studio.evaluation.report import METRICS, markdown_by_subjects, markdown_table, plot_by_subjects, summarise
+from mosaic_studio.mosaic.loading import load_pipeline
+from mosaic_studio.train.data import collate
 
 BOOTSTRAP = 2000
 COMPARED = ("fidelity", "fidelity_gain", "presence", "leakage", "adherence", "pck", "diversity")
@@ -45,7 +47,9 @@ def evaluated(runs: Path, name: str) -> bool:
 def load_evaluation(runs: Path, name: str) -> dict:
     path = runs / name / "eval" / "evaluation.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no evaluation for {name!r} ({path}); run python -m mosaic_studio.experiments.ablate --phase evaluate")
+        raise FileNotFoundError(
+            f"no evaluation for {name!r} ({path}); run python -m mosaic_studio.experiments.ablate --phase evaluate"
+        )
     return json.loads(path.read_text())
 
 
@@ -63,7 +67,10 @@ def paired_difference(a: list[dict], b: list[dict], metric: str, seed: int = 0) 
 
 def differences_table(evaluations: dict[str, dict], baseline: str, rows: list[str]) -> str:
     metrics = [m for m in COMPARED if m in evaluations[baseline]["summary"]["overall"]]
-    lines = [f"| vs {baseline} | " + " | ".join(METRICS[m][0] for m in metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    lines = [
+        f"| vs {baseline} | " + " | ".join(METRICS[m][0] for m in metrics) + " |",
+        "|---" * (len(metrics) + 1) + "|",
+    ]
     for name in rows:
         cells = []
         for metric in metrics:
@@ -83,8 +90,15 @@ def plot_training(runs: Path, names: list[str], path: Path) -> None:
             if not values.any():
                 continue  # α = β = 0: the probe never ran, so there is nothing to plot
             window = max(1, len(values) // 15)
-            ax.plot(steps[window - 1 :], np.convolve(values, np.ones(window) / window, mode="valid"), label=name, color=f"C{i}")
-    for ax, column in zip(axes, ("diffusion loss", "SCAL (logged wherever the probe runs, even at α = 0)", "MDL (idem, even at β = 0)")):
+            ax.plot(
+                steps[window - 1 :],
+                np.convolve(values, np.ones(window) / window, mode="valid"),
+                label=name,
+                color=f"C{i}",
+            )
+    for ax, column in zip(
+        axes, ("diffusion loss", "SCAL (logged wherever the probe runs, even at α = 0)", "MDL (idem, even at β = 0)")
+    ):
         ax.set_title(column, fontsize=9)
         ax.set_xlabel("step")
     axes[0].legend(fontsize=7)
@@ -97,7 +111,11 @@ def plot_sweep(evaluations: dict[str, dict], points: dict[str, int], path: Path)
     names = sorted(points, key=points.get)
     fig, axes = plt.subplots(1, len(SWEPT), figsize=(3.4 * len(SWEPT), 2.9))
     for ax, metric in zip(axes, SWEPT):
-        ax.plot([points[n] for n in names], [evaluations[n]["summary"]["overall"][metric]["mean"] for n in names], marker="o")
+        ax.plot(
+            [points[n] for n in names],
+            [evaluations[n]["summary"]["overall"][metric]["mean"] for n in names],
+            marker="o",
+        )
         ax.set_title(METRICS[metric][0], fontsize=9)
         ax.set_xlabel("P_k (points per reference)")
         ax.grid(alpha=0.3)
@@ -130,10 +148,6 @@ def plot_generations(runs: Path, rows: list[str], path: Path, cases: tuple[int, 
 def plot_attention(models: dict[str, str], path: Path) -> None:
     """For one held-out 3-subject case, the probe's attention row (t = 0.5) of one point per
     reference, under each model: where that reference point looks in the target."""
-    from mosaic_studio.mosaic.loading import load_pipeline
-    from mosaic_studio.train.data import collate
-    from mosaic_studio.evaluation.evaluate import EVAL_SEED, heldout_sample, probe_rows
-
     sample = heldout_sample(ATTENTION_CASE, 3)
     k = len(sample.references)
     fig, axes = plt.subplots(len(models), k + 1, figsize=(2.1 * (k + 1), 2.1 * len(models)), squeeze=False)
@@ -141,7 +155,7 @@ def plot_attention(models: dict[str, str], path: Path) -> None:
         pipe = load_pipeline(model, lora=lora, device="cpu")
         token = pipe.pixels_per_token
         batch = collate([sample], [sample.caption], 1, token, np.random.default_rng(EVAL_SEED))
-        attention = probe_rows(pipe, batch, 0.5)[0]  # (K, N_tgt): one point per reference
+        attention = probe_points(pipe, batch, 0.5)[0]  # (K, N_tgt): one point per reference
         side = sample.target.shape[0] // token
         axes[row, 0].imshow(sample.target)
         axes[row, 0].set_ylabel(name, fontsize=9)
@@ -178,8 +192,9 @@ def wall_table(timings: dict) -> str:
     return "\n".join(lines + [f"| **all invocations, first start to last end** | **{span:.1f}** | |"])
 
 
-def write_report(runs: Path, out: Path, variants, base: str) -> Path:
-    """Write <out>/ablation/ (see the module docstring); returns RESULTS.md's path."""
+def write_report(runs: Path, out: Path, variants, base: str, timings: dict) -> Path:
+    """Write <out>/ablation/ (see the module docstring); returns RESULTS.md's path. timings:
+    `ablate.collect_timings(runs)`."""
     folder = out / "ablation"
     (folder / "logs").mkdir(parents=True, exist_ok=True)
     loss_rows = [v.name for v in variants if not v.name.startswith("both_p")]
@@ -187,27 +202,37 @@ def write_report(runs: Path, out: Path, variants, base: str) -> Path:
     names += [n for n in ["base", *(v.name for v in variants if v.name not in loss_rows)] if evaluated(runs, n)]
     evaluations = {name: load_evaluation(runs, name) for name in names}
     summaries = {name: evaluations[name]["summary"] for name in names}
-    sweep = {v.name: v.points for v in variants if v.name in names and (v.name.startswith("both_p") or v.name == "both")}
+    sweep = {
+        v.name: v.points for v in variants if v.name in names and (v.name.startswith("both_p") or v.name == "both")
+    }
     for v in variants:
         shutil.copyfile(runs / v.name / "log.csv", folder / "logs" / f"{v.name}.csv")
     (folder / "records").mkdir(exist_ok=True)
     for name in names:  # every case's metrics, small enough to commit (mtime=0: same bytes each run)
         data = (runs / name / "eval" / "records.jsonl").read_bytes()
         (folder / "records" / f"{name}.jsonl.gz").write_bytes(gzip.compress(data, mtime=0))
-    timings = collect_timings(runs)
 
     table_rows = [n for n in ["base", *loss_rows, "oracle"] if n in names]
-    plot_by_subjects({n: summaries[n] for n in table_rows}, folder / "metrics_vs_subjects.png",
-                     [m for m in COMPARED if m in summaries["none"]["overall"]], "loss ablation on held-out synthetic cases")  # fmt: skip
+    plot_by_subjects(
+        {n: summaries[n] for n in table_rows},
+        folder / "metrics_vs_subjects.png",
+        [m for m in COMPARED if m in summaries["none"]["overall"]],
+        "loss ablation on held-out synthetic cases",
+    )
     plot_training(runs, [v.name for v in variants if v.name in loss_rows], folder / "training_losses.png")
-    plot_attention({"base": (base, None)} | {n: (str(runs / n / "pipeline"), "auto") for n in loss_rows}, folder / "attention.png")
+    plot_attention(
+        {"base": (base, None)} | {n: (str(runs / n / "pipeline"), "auto") for n in loss_rows}, folder / "attention.png"
+    )
     plot_generations(runs, table_rows, folder / "generations.png")
     parts = [
         "# Ablation results (generated by `python -m mosaic_studio.experiments.ablate`; do not edit)\n",
         f"{summaries['none']['cases']} held-out cases per row; same cases and seeds for every row.\n",
-        "## Table 4 analogue\n", markdown_table({n: summaries[n] for n in table_rows}), "",
+        "## Table 4 analogue\n",
+        markdown_table({n: summaries[n] for n in table_rows}),
+        "",
         "## Paired differences against the LoRA trained without SCAL and MDL (95% bootstrap interval)\n",
-        differences_table(evaluations, "none", [n for n in table_rows if n not in ("none", "oracle")]), "",
+        differences_table(evaluations, "none", [n for n in table_rows if n not in ("none", "oracle")]),
+        "",
         "## By number of subjects\n",
         *[markdown_by_subjects({n: summaries[n] for n in table_rows}, m) + "\n" for m in BY_SUBJECTS],
     ]
@@ -217,9 +242,14 @@ def write_report(runs: Path, out: Path, variants, base: str) -> Path:
         swept = {n: {**evaluations[n], "summary": summarise(evaluations[n]["records"][:common])} for n in sweep}
         plot_sweep(swept, sweep, folder / "pk_sweep.png")
         ordered = sorted(sweep, key=sweep.get)
-        parts += ["## P_k sweep (both losses)\n", f"The first {common} cases, the same for every row.\n",
-                  markdown_table({f"P_k={sweep[n]}": swept[n]["summary"] for n in ordered}, list(SWEPT)), "",
-                  differences_table(swept, "both", [n for n in ordered if n != "both"]), ""]  # fmt: skip
+        parts += [
+            "## P_k sweep (both losses)\n",
+            f"The first {common} cases, the same for every row.\n",
+            markdown_table({f"P_k={sweep[n]}": swept[n]["summary"] for n in ordered}, list(SWEPT)),
+            "",
+            differences_table(swept, "both", [n for n in ordered if n != "both"]),
+            "",
+        ]
     parts += ["## Wall time (minutes)\n", wall_table(timings), ""]
     (folder / "summary.json").write_text(json.dumps({"summaries": summaries, "timings": timings}, indent=2))
     results = folder / "RESULTS.md"

@@ -14,14 +14,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from PIL import Image
 
-from mosaic_studio.mosaic.loading import load_pipeline  # noqa: E402
-from mosaic_studio.train.config import CONFIGS_DIR, load_config  # noqa: E402
-from mosaic_studio.evaluation.evaluate import EVAL_SEED, heldout_sample, probe_hits  # noqa: E402
+from mosaic_studio.evaluation.evaluate import EVAL_SEED, heldout_sample, probe_hits
+from mosaic_studio.mosaic.loading import load_pipeline
+from mosaic_studio.train.config import LORA_CONFIG, load_config
 
 GRID_COUNTS = (1, 2, 3, 4, 6)
 
@@ -53,7 +53,10 @@ def plot_curves(runs: Path, out: Path) -> None:
 def pck(pipe, config, num_samples: int) -> dict:
     """Attention PCK@1 token of the probe on held-out samples, with the LoRA on and off."""
     rng = np.random.default_rng(EVAL_SEED)
-    samples = [heldout_sample(i, None, config.data.target_size, config.data.ref_size, pipe.pixels_per_token) for i in range(num_samples)]
+    samples = [
+        heldout_sample(i, None, config.data.target_size, config.data.ref_size, pipe.pixels_per_token)
+        for i in range(num_samples)
+    ]
     seeds = [rng.integers(2**32) for _ in samples]  # the same points for both rows
     result = {}
     for name, lora_on in (("trained LoRA", True), ("zero LoRA (base)", False)):
@@ -73,8 +76,15 @@ def grid(pipe, config, out: Path, steps: int, guidance: float) -> None:
     for k in GRID_COUNTS:
         sample = heldout_sample(10_000 + k, k, side, config.data.ref_size, pipe.pixels_per_token)
         refs = [Image.fromarray(r.image) for r in sample.references]
-        image = pipe(sample.caption, references=refs, height=side, width=side, num_inference_steps=steps,
-                     guidance_scale=guidance, generator=torch.Generator().manual_seed(k)).images[0]  # fmt: skip
+        image = pipe(
+            sample.caption,
+            reference_images=refs,
+            height=side,
+            width=side,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=torch.Generator().manual_seed(k),
+        ).images[0]
         tiles = [r.resize((side, side), Image.Resampling.NEAREST) for r in refs]
         tiles += [Image.new("RGB", (side, side), "white")] * (max(GRID_COUNTS) - k)
         rows.append(tiles + [image, Image.fromarray(sample.target)])
@@ -96,7 +106,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     out, runs = Path(args.out), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
-    config = load_config(CONFIGS_DIR / "default_lora.yaml")
+    config = load_config(LORA_CONFIG)
     pipe = load_pipeline(args.model, device="cpu")
     plot_curves(runs, out)
     grid(pipe, config, out, args.steps, args.guidance)

@@ -1,14 +1,15 @@
 """FLUX block forwards split by branch: the only diffusers block logic this project restates.
 
 A stock block modulates all image tokens with one timestep embedding and one set of weights.
-MOSAIC needs two image streams per block (SPEC §2):
+MOSAIC needs two image streams per block (docs/DESIGN.md §1):
 
     target:     the noisy latent, timestep t, base weights
     references: K clean latents concatenated, timestep 0, reference LoRA active
 
 so the AdaLN-Zero modulation, the gated residuals and the MLP are applied per stream, using the
-stock submodules. Attention goes through the block's `MosaicAttnProcessor`. With no references
-(`refs is None`) each function computes exactly what the stock block does.
+stock submodules. Attention goes through the block's `MosaicAttnProcessor` (docs/DESIGN.md §2),
+the LoRA acts on the reference stream only (§3). With no references (`reference is None`) each
+function computes exactly what the stock block does.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from contextlib import nullcontext
 
 import torch
 
-from mosaic_studio.mosaic.attention import ReferenceBranch, RotaryEmb
+from mosaic_studio.mosaic.attention import ReferenceStream, RotaryEmb
 from mosaic_studio.mosaic.lora import adapters_disabled
 
 FP16_MAX = 65504.0  # stock FLUX clips fp16 activations to the finite range
@@ -45,35 +46,37 @@ def _gated_mlp_residual(h, attn_out, modulation, norm, ff, lora: bool) -> torch.
 
 def double_block_forward(
     block,
+    *,
     text: torch.Tensor,
     target: torch.Tensor,
-    refs: torch.Tensor | None,
     temb: torch.Tensor,
-    ref_temb: torch.Tensor | None,
     rotary_emb: RotaryEmb,
-    ref_rotary_emb: RotaryEmb | None,
-    num_refs: int,
+    reference: ReferenceStream | None = None,
 ):
-    """One FluxTransformerBlock over text (B, N_txt, D), target (B, N_tgt, D) and refs
-    (B, K·N_ref, D) or None. Returns (text, target, refs)."""
+    """One FluxTransformerBlock over text (B, N_txt, D), target (B, N_tgt, D) and the reference
+    stream or None; rotary_emb: RoPE of [text, target]. Returns (text, target, reference_tokens),
+    the last (B, K·N_ref, D) or None."""
     norm_text, *text_mod = block.norm1_context(text, emb=temb)
     with _lora(block.norm1, False):
         norm_target, *target_mod = block.norm1(target, emb=temb)
     branch = None
-    if refs is not None:
-        norm_refs, *ref_mod = block.norm1(refs, emb=ref_temb)
-        branch = ReferenceBranch(norm_refs, ref_rotary_emb, num_refs, text_len=text.shape[1])
+    if reference is not None:
+        norm_reference, *reference_mod = block.norm1(reference.tokens, emb=reference.temb)
+        branch = reference.branch(norm_reference, text_len=text.shape[1])
 
     outputs = block.attn(
-        hidden_states=norm_target, encoder_hidden_states=norm_text, image_rotary_emb=rotary_emb, references=branch
+        hidden_states=norm_target, encoder_hidden_states=norm_text, image_rotary_emb=rotary_emb, reference_branch=branch
     )
     target_attn, text_attn = outputs[0], outputs[1]
 
     text = _gated_mlp_residual(text, text_attn, text_mod, block.norm2_context, block.ff_context, lora=False)
     target = _gated_mlp_residual(target, target_attn, target_mod, block.norm2, block.ff, lora=False)
-    if refs is not None:
-        refs = _gated_mlp_residual(refs, outputs[2], ref_mod, block.norm2, block.ff, lora=True)
-    return text, target, refs
+    if reference is None:
+        return text, target, None
+    reference_tokens = _gated_mlp_residual(
+        reference.tokens, outputs[2], reference_mod, block.norm2, block.ff, lora=True
+    )
+    return text, target, reference_tokens
 
 
 def _single_stream_in(block, h, temb, lora: bool):
@@ -92,27 +95,29 @@ def _single_stream_out(block, h, attn_out, gate, mlp, lora: bool) -> torch.Tenso
 
 def single_block_forward(
     block,
+    *,
     base: torch.Tensor,
-    refs: torch.Tensor | None,
-    temb: torch.Tensor,
-    ref_temb: torch.Tensor | None,
-    rotary_emb: RotaryEmb,
-    ref_rotary_emb: RotaryEmb | None,
-    num_refs: int,
     text_len: int,
+    temb: torch.Tensor,
+    rotary_emb: RotaryEmb,
+    reference: ReferenceStream | None = None,
 ):
-    """One FluxSingleTransformerBlock over base = [text, target] (B, N_txt+N_tgt, D) and refs.
-    Text and target share timestep and base weights here, so they stay one stream, as in stock
-    FLUX. Returns (base, refs)."""
+    """One FluxSingleTransformerBlock over base = [text, target] (B, N_txt+N_tgt, D), whose first
+    `text_len` tokens are text, and the reference stream or None. Text and target share timestep
+    and base weights here, so they stay one stream, as in stock FLUX. Returns (base,
+    reference_tokens), the last (B, K·N_ref, D) or None."""
     normed, gate, mlp = _single_stream_in(block, base, temb, lora=False)
     branch = None
-    if refs is not None:
-        ref_normed, ref_gate, ref_mlp = _single_stream_in(block, refs, ref_temb, lora=True)
-        branch = ReferenceBranch(ref_normed, ref_rotary_emb, num_refs, text_len=text_len)
+    if reference is not None:
+        reference_normed, reference_gate, reference_mlp = _single_stream_in(
+            block, reference.tokens, reference.temb, lora=True
+        )
+        branch = reference.branch(reference_normed, text_len=text_len)
 
-    outputs = block.attn(hidden_states=normed, image_rotary_emb=rotary_emb, references=branch)
-    base_attn = outputs if refs is None else outputs[0]
+    outputs = block.attn(hidden_states=normed, image_rotary_emb=rotary_emb, reference_branch=branch)
+    base_attn = outputs if reference is None else outputs[0]
     base = _single_stream_out(block, base, base_attn, gate, mlp, lora=False)
-    if refs is not None:
-        refs = _single_stream_out(block, refs, outputs[1], ref_gate, ref_mlp, lora=True)
-    return base, refs
+    if reference is None:
+        return base, None
+    reference_tokens = _single_stream_out(block, reference.tokens, outputs[1], reference_gate, reference_mlp, lora=True)
+    return base, reference_tokens

@@ -53,10 +53,7 @@ def load_image(obj, *, name: str = "image") -> Image.Image:
         return _decode(io.BytesIO(bytes(obj)), f"{name} bytes")
     if isinstance(obj, np.ndarray):
         return _to_rgb_or_rgba(_from_array(obj, name))
-    raise TypeError(
-        f"{name} must be a PIL image, a path, a numpy array or bytes, "
-        f"got {type(obj).__name__}"
-    )
+    raise TypeError(f"{name} must be a PIL image, a path, a numpy array or bytes, got {type(obj).__name__}")
 
 
 def _decode(fp, label: str) -> Image.Image:
@@ -68,10 +65,7 @@ def _decode(fp, label: str) -> Image.Image:
         try:
             image = Image.open(fp)  # reads the header only
         except Image.DecompressionBombError as err:
-            raise ValueError(
-                f"{label} is too large to load: {err} "
-                f"The limit is {MAX_IMAGE_PIXELS:,} pixels."
-            ) from None
+            raise ValueError(f"{label} is too large to load: {err} The limit is {MAX_IMAGE_PIXELS:,} pixels.") from None
         except UnidentifiedImageError:
             raise ValueError(f"{label} is not a readable image (unknown format)") from None
         except _DECODE_ERRORS as err:
@@ -92,9 +86,7 @@ def _load_pixels(image: Image.Image, label: str, upright: bool = False) -> Image
 
 def _from_array(array: np.ndarray, name: str) -> Image.Image:
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
-        raise ValueError(
-            f"{name} array must have shape (H, W), (H, W, 3) or (H, W, 4), got {array.shape}"
-        )
+        raise ValueError(f"{name} array must have shape (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
     _check_dimensions((array.shape[1], array.shape[0]), name)
     if np.issubdtype(array.dtype, np.floating):
         if not (np.isfinite(array).all() and array.min() >= 0.0 and array.max() <= 1.0):
@@ -113,9 +105,7 @@ def _check_dimensions(size: tuple[int, int], label: str) -> None:
             f"the limit of {MAX_IMAGE_PIXELS / 1e6:g} megapixels"
         )
     if min(width, height) < MIN_IMAGE_SIDE:
-        raise ValueError(
-            f"{label} is {width}x{height}; each side must be at least {MIN_IMAGE_SIDE} px"
-        )
+        raise ValueError(f"{label} is {width}x{height}; each side must be at least {MIN_IMAGE_SIDE} px")
 
 
 def _is_int(value) -> bool:
@@ -147,9 +137,7 @@ def flatten_alpha(image: Image.Image, background=WHITE) -> Image.Image:
     return Image.alpha_composite(canvas, image.convert("RGBA")).convert("RGB")
 
 
-def subject_bbox(
-    image: Image.Image, background=WHITE, tolerance: float = BBOX_TOLERANCE
-) -> tuple[int, int, int, int]:
+def subject_bbox(image: Image.Image, background=WHITE, tolerance: float = BBOX_TOLERANCE) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of the subject, right/bottom exclusive as in `crop`.
 
     With transparency in use (some alpha < 255) the subject is every pixel with alpha > 0.

@@ -7,14 +7,14 @@ ones wrapped by peft, so we switch the adapters off around every text/target cal
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-# The modules the official MOSAIC training wraps (SPEC §2), as one peft `target_modules`
+# The modules the official MOSAIC training wraps (docs/DESIGN.md §3), as one peft `target_modules`
 # regex (peft full-matches it against each module name). Double blocks are
 # `transformer_blocks.N`, single blocks `single_transformer_blocks.N`.
 REFERENCE_LORA_TARGETS = (
@@ -43,7 +43,7 @@ def tuner_layers(*modules: torch.nn.Module) -> list[BaseTunerLayer]:
 
 @contextmanager
 def adapters_disabled(*modules: torch.nn.Module) -> Iterator[None]:
-    """Run `modules` on their base weights: the text and target branches of SPEC §2.
+    """Run `modules` on their base weights: the text and target branches (docs/DESIGN.md §3).
 
     peft's public `enable_adapters(False)` also flips `requires_grad` of the adapter weights,
     which would freeze the LoRA in the middle of a training step, so the flag is set directly.

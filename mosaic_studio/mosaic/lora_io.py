@@ -61,7 +61,9 @@ def lora_key_problems(state_dict: dict[str, torch.Tensor], transformer: torch.nn
 class MosaicLoraMixin:
     """`load_mosaic_lora` / `save_mosaic_lora` for a FluxPipeline subclass."""
 
-    def load_mosaic_lora(self, path_or_hub_id, weight_name: str | None = None, adapter_name: str = DEFAULT_ADAPTER, **kwargs):
+    def load_mosaic_lora(
+        self, path_or_hub_id, weight_name: str | None = None, adapter_name: str = DEFAULT_ADAPTER, **kwargs
+    ):
         """Load a reference LoRA (a file, a folder or a hub repo id) and make it the active adapter.
 
         kwargs go to diffusers' `lora_state_dict` (revision, cache_dir, token, …).
@@ -78,7 +80,9 @@ class MosaicLoraMixin:
         self.load_lora_weights(state_dict, adapter_name=adapter_name)
         self.set_adapters([adapter_name])
 
-    def save_mosaic_lora(self, save_directory, adapter_name: str = DEFAULT_ADAPTER, weight_name: str = DEFAULT_WEIGHT_NAME):
+    def save_mosaic_lora(
+        self, save_directory, adapter_name: str = DEFAULT_ADAPTER, weight_name: str = DEFAULT_WEIGHT_NAME
+    ):
         """Write adapter `adapter_name` in the authors' format (loadable by `load_mosaic_lora`
         and by stock `FluxPipeline.load_lora_weights`)."""
         if not tuner_layers(self.transformer) or adapter_name not in self.transformer.peft_config:

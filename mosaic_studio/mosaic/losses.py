@@ -40,7 +40,7 @@ returned in that dtype. Nothing here loops in Python over points or reference pa
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

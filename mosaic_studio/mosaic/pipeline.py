@@ -6,23 +6,26 @@ loads FLUX.1-dev (+ the authors' LoRA) and the project's embedded tiny default.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from diffusers.pipelines.flux.pipeline_flux import FluxPipeline, calculate_shift, retrieve_timesteps
+from diffusers.pipelines.flux.pipeline_flux import FluxPipeline, retrieve_timesteps
 from diffusers.utils import BaseOutput
 
+from mosaic_studio.mosaic.attention import install_mosaic_processors
+from mosaic_studio.mosaic.data.semalign import MAX_REFERENCES  # the official model was trained with up to six
 from mosaic_studio.mosaic.images import load_image, preprocess_reference
+from mosaic_studio.mosaic.latents import encode_latents, pixels_per_token, resolution_shift
 from mosaic_studio.mosaic.lora_io import MosaicLoraMixin
 from mosaic_studio.mosaic.probe import all_double_blocks
 from mosaic_studio.mosaic.record import AttentionRecord, AttentionRecorder
-from mosaic_studio.mosaic.transformer import mosaic_forward, reference_position_ids
-from mosaic_studio.mosaic.validation import check_call_inputs
+from mosaic_studio.mosaic.transformer import TIMESTEP_SCALE, mosaic_forward, reference_position_ids
+from mosaic_studio.mosaic.validation import CallInputs, check_call_inputs
 
-MAX_REFERENCES = 6  # the official model was trained with up to six references
 OFFICIAL_REFERENCE_SIZE = 512  # references are preprocessed to this size for the official LoRA
 FLUX_MAX_SEQUENCE_LENGTH = 512  # the longest T5 prompt FLUX accepts
 
@@ -45,10 +48,37 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
 
     max_references = MAX_REFERENCES
 
+    def __init__(
+        self,
+        scheduler,
+        vae,
+        text_encoder,
+        tokenizer,
+        text_encoder_2,
+        tokenizer_2,
+        transformer,
+        image_encoder=None,
+        feature_extractor=None,
+    ):
+        # FluxPipeline's own signature: diffusers' from_pretrained reads the components from it
+        super().__init__(
+            scheduler=scheduler,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+            transformer=transformer,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
+        )
+        # Once, here (constructor and from_pretrained alike); a processor set later is respected.
+        install_mosaic_processors(self.transformer)
+
     @property
     def pixels_per_token(self) -> int:
         """Image pixels per latent token side: the VAE factor times FLUX's 2×2 packing."""
-        return self.vae_scale_factor * 2
+        return pixels_per_token(self)
 
     def default_reference_size(self, height: int, width: int) -> int:
         """The output's shorter side, capped at the official 512, rounded to whole tokens."""
@@ -56,33 +86,50 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
         return max(self.pixels_per_token, side // self.pixels_per_token * self.pixels_per_token)
 
     @torch.no_grad()
-    def encode_references(self, references: Sequence, size: int, device, dtype):
-        """Preprocess (SPEC §2) and VAE-encode references.
+    def encode_references(self, reference_images: Sequence, size: int, device, dtype):
+        """Preprocess (the official subject crop and white pad, `images.preprocess_reference`) and
+        VAE-encode reference images.
 
-        Returns tokens (K, N_ref, C), position ids (K·N_ref, 3) and the (rows, cols) token grid.
-        The posterior mean is used so a generation depends only on its seed.
+        Returns reference_latents (K, N_ref, C), position ids (K·N_ref, 3) and the (rows, cols)
+        token grid. The posterior mode is used so a generation depends only on its seed.
         """
-        images = [preprocess_reference(ref, size) for ref in references]
-        pixels = self.image_processor.preprocess(images, height=size, width=size).to(device=device, dtype=self.vae.dtype)
-        latents = self.vae.encode(pixels).latent_dist.mode()  # (K, C_lat, h, w)
-        latents = (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
-        num_refs, channels, height, width = latents.shape
-        tokens = self._pack_latents(latents, num_refs, channels, height, width).to(dtype)  # (K, N_ref, 4·C_lat)
-        grid = (height // 2, width // 2)
-        ids = reference_position_ids(num_refs, *grid, device=device, dtype=dtype)
-        return tokens, ids, grid
+        images = [preprocess_reference(image, size) for image in reference_images]
+        pixels = self.image_processor.preprocess(images, height=size, width=size)
+        reference_latents, grid = encode_latents(self, pixels, device=device, dtype=dtype)  # (K, N_ref, 4·C_lat)
+        ids = reference_position_ids(len(images), *grid, device=device, dtype=dtype)
+        return reference_latents, ids, grid
 
-    def _denoise(self, latents, prompt, pooled, text_ids, image_ids, timestep, guidance, refs, ref_ids):
+    def _denoise(
+        self,
+        *,
+        latents,
+        prompt_embeds,
+        pooled_projections,
+        text_ids,
+        latent_image_ids,
+        timestep,
+        guidance,
+        reference_latents,
+        reference_ids,
+    ):
         return mosaic_forward(
-            self.transformer, latents, prompt, pooled, timestep, image_ids, text_ids,
-            guidance=guidance, references=refs, reference_ids=ref_ids,
-        )  # fmt: skip
+            self.transformer,
+            latents,
+            encoder_hidden_states=prompt_embeds,
+            pooled_projections=pooled_projections,
+            timestep=timestep,
+            img_ids=latent_image_ids,
+            txt_ids=text_ids,
+            guidance=guidance,
+            reference_latents=reference_latents,
+            reference_ids=reference_ids,
+        )
 
     @torch.no_grad()
     def __call__(
         self,
         prompt: str | list[str] = "",
-        references: Sequence | None = None,
+        reference_images: Sequence | None = None,
         height: int = 512,
         width: int = 512,
         num_inference_steps: int = 28,
@@ -101,6 +148,7 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
     ) -> MosaicPipelineOutput:
         """Generate images containing every referenced subject.
 
+        reference_images: 0–6 subject images (PIL images, arrays or file paths), one per subject.
         guidance_scale is embedded guidance for guidance-distilled models (FLUX.1-dev) and
         classifier-free guidance otherwise (uncond = `negative_prompt` with the same
         references; ≤ 1 disables it). record_attention keeps, per reference, its
@@ -108,18 +156,31 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
         block) and `attention_steps` = [start, end) (default: all steps).
         """
         # 1. Check inputs (references are decoded here so a bad upload fails before any work)
-        if references is not None and not isinstance(references, (list, tuple)):
-            raise TypeError(f"references must be a list of images, got {type(references).__name__}")
-        references = [load_image(ref, name=f"reference {i + 1}") for i, ref in enumerate(references or [])]
+        if reference_images is not None and not isinstance(reference_images, (list, tuple)):
+            raise TypeError(f"reference_images must be a list of images, got {type(reference_images).__name__}")
+        reference_images = [
+            load_image(image, name=f"reference {i + 1}") for i, image in enumerate(reference_images or [])
+        ]
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         reference_size = reference_size or self.default_reference_size(height, width)
         attention_steps = attention_steps or (0, num_inference_steps)
         # T5 pads every prompt to this length; FLUX's 512 is wasted on a tokenizer that stops earlier
         max_sequence_length = max_sequence_length or min(FLUX_MAX_SEQUENCE_LENGTH, self.tokenizer_2.model_max_length)
         check_call_inputs(
-            self, prompts, references, height, width, reference_size, num_inference_steps,
-            num_images_per_prompt, output_type, attention_steps, callback_on_step_end,
-        )  # fmt: skip
+            self,
+            CallInputs(
+                prompts=prompts,
+                reference_images=reference_images,
+                height=height,
+                width=width,
+                reference_size=reference_size,
+                num_inference_steps=num_inference_steps,
+                num_images_per_prompt=num_images_per_prompt,
+                output_type=output_type,
+                attention_steps=attention_steps,
+                callback=callback_on_step_end,
+            ),
+        )
         device = self._execution_device
         batch = len(prompts) * num_images_per_prompt
         embedded_guidance = bool(self.transformer.config.guidance_embeds)
@@ -127,45 +188,47 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
 
         # 2. Encode prompts (and the unconditional prompt for classifier-free guidance)
         prompt_embeds, pooled, text_ids = self.encode_prompt(
-            prompt=prompts, prompt_2=None, device=device,
-            num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length,
-        )  # fmt: skip
+            prompt=prompts,
+            prompt_2=None,
+            device=device,
+            num_images_per_prompt=num_images_per_prompt,
+            max_sequence_length=max_sequence_length,
+        )
         if do_cfg:
             neg_embeds, neg_pooled, neg_text_ids = self.encode_prompt(
-                prompt=[negative_prompt] * len(prompts), prompt_2=None, device=device,
-                num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length,
-            )  # fmt: skip
+                prompt=[negative_prompt] * len(prompts),
+                prompt_2=None,
+                device=device,
+                num_images_per_prompt=num_images_per_prompt,
+                max_sequence_length=max_sequence_length,
+            )
         dtype = prompt_embeds.dtype
 
         # 3. Encode references
-        refs = ref_ids = None
+        reference_latents = reference_ids = None
         ref_grid = (0, 0)
-        if references:
-            tokens, ref_ids, ref_grid = self.encode_references(references, reference_size, device, dtype)
-            refs = tokens.unsqueeze(0).expand(batch, -1, -1, -1)  # (B, K, N_ref, C)
+        if reference_images:
+            reference_latents, reference_ids, ref_grid = self.encode_references(
+                reference_images, reference_size, device, dtype
+            )
+            reference_latents = reference_latents.unsqueeze(0).expand(batch, -1, -1, -1)  # (K, …) → (B, K, N_ref, C)
 
         # 4. Prepare latents and timesteps
         num_channels_latents = self.transformer.config.in_channels // 4
-        latents, image_ids = self.prepare_latents(
-            batch, num_channels_latents, height, width, dtype, device, generator
-        )
+        latents, image_ids = self.prepare_latents(batch, num_channels_latents, height, width, dtype, device, generator)
         sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
-        mu = calculate_shift(
-            latents.shape[1],
-            self.scheduler.config.get("base_image_seq_len", 256),
-            self.scheduler.config.get("max_image_seq_len", 4096),
-            self.scheduler.config.get("base_shift", 0.5),
-            self.scheduler.config.get("max_shift", 1.15),
-        )
+        mu = resolution_shift(latents.shape[1], self.scheduler.config)
         timesteps, num_inference_steps = retrieve_timesteps(
             self.scheduler, num_inference_steps, device, sigmas=sigmas, mu=mu
         )
         self.scheduler.set_begin_index(0)
-        guidance = torch.full((batch,), guidance_scale, device=device, dtype=torch.float32) if embedded_guidance else None
+        guidance = (
+            torch.full((batch,), guidance_scale, device=device, dtype=torch.float32) if embedded_guidance else None
+        )
 
         # 5. Attention recording
         recorder = None
-        if record_attention and references:
+        if record_attention and reference_images:
             blocks = list(attention_blocks) if attention_blocks else all_double_blocks(self.transformer)
             recorder = AttentionRecorder(self.transformer, blocks, attention_steps)
 
@@ -173,12 +236,24 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
-                timestep = (t.expand(batch) / 1000).to(latents.dtype)
+                timestep = (t.expand(batch) / TIMESTEP_SCALE).to(latents.dtype)
+                shared = dict(
+                    latents=latents,
+                    latent_image_ids=image_ids,
+                    timestep=timestep,
+                    guidance=guidance,
+                    reference_latents=reference_latents,
+                    reference_ids=reference_ids,
+                )
                 recording = recorder.attached() if recorder is not None and recorder.wants(i) else nullcontext()
                 with recording:  # only the conditional pass is recorded
-                    flow = self._denoise(latents, prompt_embeds, pooled, text_ids, image_ids, timestep, guidance, refs, ref_ids)
+                    flow = self._denoise(
+                        prompt_embeds=prompt_embeds, pooled_projections=pooled, text_ids=text_ids, **shared
+                    )
                 if do_cfg:
-                    uncond = self._denoise(latents, neg_embeds, neg_pooled, neg_text_ids, image_ids, timestep, guidance, refs, ref_ids)
+                    uncond = self._denoise(
+                        prompt_embeds=neg_embeds, pooled_projections=neg_pooled, text_ids=neg_text_ids, **shared
+                    )
                     flow = uncond + guidance_scale * (flow - uncond)
                 latents = self.scheduler.step(flow, t, latents, return_dict=False)[0]
 
@@ -200,5 +275,5 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
         record = None
         if recorder is not None:
             target_grid = (height // self.pixels_per_token, width // self.pixels_per_token)
-            record = recorder.record(len(references), ref_grid, target_grid, self.pixels_per_token)
+            record = recorder.record(len(reference_images), ref_grid, target_grid, self.pixels_per_token)
         return MosaicPipelineOutput(images=images, attention=record)

@@ -1,4 +1,4 @@
-"""The reference→target attention probe of MOSAIC, Eq. 8.
+"""The reference→target attention probe of MOSAIC, Eq. 8 (docs/DESIGN.md §4).
 
 For a reference token u and target token v:
 
@@ -14,17 +14,19 @@ are computed: the (N_ref × N_tgt × heads) map is never built, and neither is t
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import torch
+
+from mosaic_studio.mosaic.attention import mosaic_processor
 
 # Rows per chunk when many rows are probed without gradients (the attention record of the
 # pipeline): bounds the transient (heads × chunk × N_tgt) score tensor.
 DEFAULT_CHUNK_ROWS = 1024
 
 
-def probe_rows(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+def eq8_rows(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """Eq. 8 for one block: head-averaged softmax over target tokens.
 
     query: (B, R, H, d) reference queries; key: (B, N_tgt, H, d) target keys.
@@ -75,10 +77,10 @@ class AttentionProbe:
         """Called by an attached processor: (B, K·N_ref, H, d) queries, (B, N_tgt, H, d) keys."""
         query = self._select_rows(reference_query)  # (B, R, H, d)
         if torch.is_grad_enabled():
-            rows = probe_rows(query, target_key)
+            rows = eq8_rows(query, target_key)
         else:
             chunks = query.split(self.chunk_rows, dim=1)
-            rows = torch.cat([probe_rows(chunk, target_key) for chunk in chunks], dim=1)
+            rows = torch.cat([eq8_rows(chunk, target_key) for chunk in chunks], dim=1)
         self._total = rows if self._total is None else self._total + rows
         self.count += 1
 
@@ -98,11 +100,9 @@ class AttentionProbe:
         return query.gather(1, index)
 
     @contextmanager
-    def attached(self, transformer: torch.nn.Module, blocks: Sequence[str]) -> Iterator["AttentionProbe"]:
-        """Attach to the attention processors of `blocks` (module names, see `early_double_blocks`)."""
-        from mosaic_studio.mosaic.attention import install_mosaic_attention, mosaic_processor  # local: attention imports this module
-
-        install_mosaic_attention(transformer)
+    def attached(self, transformer: torch.nn.Module, blocks: Sequence[str]) -> Iterator[AttentionProbe]:
+        """Attach to the attention processors of `blocks` (module names, see `early_double_blocks`);
+        the transformer must have the MOSAIC processors (`install_mosaic_processors`)."""
         processors = [mosaic_processor(transformer, name) for name in blocks]
         for processor in processors:
             if processor.probe is not None:

@@ -7,9 +7,9 @@ of steps. `AttentionRecord` turns it into per-reference maps and pixel-space hea
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
 

@@ -1,9 +1,10 @@
-"""Tiny FLUX-architecture pipeline with random, seeded weights (SPEC section 5).
+"""Tiny FLUX-architecture pipeline with random, seeded weights (docs/DESIGN.md §5).
 
 Every component is built from code plus the committed word list `vocab.txt`, so nothing is
 downloaded. The result is a plain diffusers `FluxPipeline`: the same code path as FLUX.1-dev,
 only smaller. Tests call `tiny_flux_components` to get in-memory models quickly;
-`build_tiny_pipeline` saves them in diffusers layout (`mosaic_studio/assets/tiny-flux`).
+`build_tiny_pipeline` saves them in diffusers layout: the random starting point that
+`mosaic_studio.train.build_default` trains into the embedded default.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeli
 from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
+from mosaic_studio.files import replace_dir
+
 VOCAB_PATH = Path(__file__).with_name("vocab.txt")
 
 # Special tokens spelled as in the real CLIP and T5 tokenizers.
@@ -30,8 +33,15 @@ T5_PAD, T5_EOS = "<pad>", "</s>"
 UNK = "<unk>"
 
 # FLUX.1-dev's scheduler config: resolution-dependent shift ("mu") between these bounds.
-FLUX_DEV_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
-                          max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+FLUX_DEV_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    shift=3.0,
+    use_dynamic_shifting=True,
+    base_shift=0.5,
+    max_shift=1.15,
+    base_image_seq_len=256,
+    max_image_seq_len=4096,
+)
 
 
 @dataclass(frozen=True)
@@ -75,16 +85,31 @@ class TinyFluxConfig:
         rope, vae = self.axes_dims_rope, self.vae_block_out_channels
         _check(len(rope) == 3, "axes_dims_rope", "needs 3 entries (index, row, col)")
         _check(all(d > 0 and d % 2 == 0 for d in rope), "axes_dims_rope", "entries must be even (RoPE pairs)")
-        _check(sum(rope) == self.attention_head_dim, "axes_dims_rope",
-               f"must sum to attention_head_dim={self.attention_head_dim}, got {sum(rope)}")
-        _check(len(vae) >= 2, "vae_block_out_channels",
-               "needs at least 2 levels: the VAE downsamples 2^(levels-1)x (4 levels = 8x, like FLUX)")
-        _check(all(c > 0 and c % self.vae_norm_num_groups == 0 for c in vae), "vae_block_out_channels",
-               f"each must be a multiple of vae_norm_num_groups={self.vae_norm_num_groups}")
-        _check(self.pooled_projection_dim % self.clip_num_heads == 0, "clip_num_heads",
-               "must divide pooled_projection_dim (the CLIP width)")
-        _check(self.joint_attention_dim % self.t5_num_heads == 0, "t5_num_heads",
-               "must divide joint_attention_dim (the T5 width)")
+        _check(
+            sum(rope) == self.attention_head_dim,
+            "axes_dims_rope",
+            f"must sum to attention_head_dim={self.attention_head_dim}, got {sum(rope)}",
+        )
+        _check(
+            len(vae) >= 2,
+            "vae_block_out_channels",
+            "needs at least 2 levels: the VAE downsamples 2^(levels-1)x (4 levels = 8x, like FLUX)",
+        )
+        _check(
+            all(c > 0 and c % self.vae_norm_num_groups == 0 for c in vae),
+            "vae_block_out_channels",
+            f"each must be a multiple of vae_norm_num_groups={self.vae_norm_num_groups}",
+        )
+        _check(
+            self.pooled_projection_dim % self.clip_num_heads == 0,
+            "clip_num_heads",
+            "must divide pooled_projection_dim (the CLIP width)",
+        )
+        _check(
+            self.joint_attention_dim % self.t5_num_heads == 0,
+            "t5_num_heads",
+            "must divide joint_attention_dim (the T5 width)",
+        )
         _check(self.vae_scaling_factor > 0, "vae_scaling_factor", "must be positive")
 
     @property
@@ -103,11 +128,13 @@ def _check(ok: bool, field_name: str, why: str) -> None:
 
 def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
     """Split on whitespace, then each punctuation mark and each digit is its own word."""
-    return pre_tokenizers.Sequence([
-        pre_tokenizers.WhitespaceSplit(),
-        pre_tokenizers.Punctuation("isolated"),  # "dog," -> "dog", ","
-        pre_tokenizers.Digits(individual_digits=True),  # "12" -> "1", "2"
-    ])
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Punctuation("isolated"),  # "dog," -> "dog", ","
+            pre_tokenizers.Digits(individual_digits=True),  # "12" -> "1", "2"
+        ]
+    )
 
 
 def load_vocab(path: str | os.PathLike = VOCAB_PATH) -> list[str]:
@@ -119,8 +146,9 @@ def load_vocab(path: str | os.PathLike = VOCAB_PATH) -> list[str]:
         # An entry the pre-tokenizer splits, or an uppercase one, could never be matched.
         whole = [piece for piece, _ in split.pre_tokenize_str(word)] == [word]
         if not whole or word != word.lower() or word in seen or word in (CLIP_BOS, CLIP_EOS, T5_PAD, T5_EOS, UNK):
-            raise ValueError(f"{path}:{lineno}: bad vocabulary entry {word!r} (empty, split, uppercase, "
-                             "duplicate or special)")
+            raise ValueError(
+                f"{path}:{lineno}: bad vocabulary entry {word!r} (empty, split, uppercase, duplicate or special)"
+            )
         seen.add(word)
     if not words:
         raise ValueError(f"{path}: empty vocabulary")
@@ -155,8 +183,14 @@ def build_clip_tokenizer(words: list[str], max_length: int = 77) -> PreTrainedTo
     # transformers 5's CLIPTokenizer rebuilds a byte-level BPE on load and rejects a WordLevel
     # model, so the generic fast class is used: it saves and loads tokenizer.json verbatim.
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=CLIP_BOS, eos_token=CLIP_EOS, pad_token=CLIP_EOS,
-        unk_token=UNK, model_max_length=max_length, padding_side="right", truncation_side="right",
+        tokenizer_object=tok,
+        bos_token=CLIP_BOS,
+        eos_token=CLIP_EOS,
+        pad_token=CLIP_EOS,
+        unk_token=UNK,
+        model_max_length=max_length,
+        padding_side="right",
+        truncation_side="right",
     )
 
 
@@ -165,12 +199,18 @@ def build_t5_tokenizer(words: list[str], max_length: int = 128) -> PreTrainedTok
     vocab = {w: i for i, w in enumerate([T5_PAD, T5_EOS, UNK, *words])}
     tok = _word_level(vocab, [T5_PAD, T5_EOS, UNK])
     tok.post_processor = processors.TemplateProcessing(
-        single=f"$A {T5_EOS}", pair=f"$A {T5_EOS} $B:1 {T5_EOS}:1",
+        single=f"$A {T5_EOS}",
+        pair=f"$A {T5_EOS} $B:1 {T5_EOS}:1",
         special_tokens=[(T5_EOS, vocab[T5_EOS])],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=T5_EOS, pad_token=T5_PAD, unk_token=UNK,
-        model_max_length=max_length, padding_side="right", truncation_side="right",
+        tokenizer_object=tok,
+        eos_token=T5_EOS,
+        pad_token=T5_PAD,
+        unk_token=UNK,
+        model_max_length=max_length,
+        padding_side="right",
+        truncation_side="right",
     )
 
 
@@ -191,22 +231,32 @@ def _seeded(seed: int, salt: int):
 def build_vae(cfg: TinyFluxConfig) -> AutoencoderKL:
     levels = len(cfg.vae_block_out_channels)
     return AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
-        block_out_channels=tuple(cfg.vae_block_out_channels), layers_per_block=cfg.vae_layers_per_block,
-        latent_channels=cfg.latent_channels, norm_num_groups=cfg.vae_norm_num_groups,
-        scaling_factor=cfg.vae_scaling_factor, shift_factor=cfg.vae_shift_factor,
-        use_quant_conv=False, use_post_quant_conv=False,  # FLUX's VAE has no quant convs
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=tuple(cfg.vae_block_out_channels),
+        layers_per_block=cfg.vae_layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=cfg.vae_norm_num_groups,
+        scaling_factor=cfg.vae_scaling_factor,
+        shift_factor=cfg.vae_shift_factor,
+        use_quant_conv=False,
+        use_post_quant_conv=False,  # FLUX's VAE has no quant convs
         mid_block_add_attention=cfg.vae_mid_block_attention,
     )
 
 
 def build_transformer(cfg: TinyFluxConfig) -> FluxTransformer2DModel:
     return FluxTransformer2DModel(
-        patch_size=1, in_channels=cfg.transformer_in_channels,
-        num_layers=cfg.num_layers, num_single_layers=cfg.num_single_layers,
-        attention_head_dim=cfg.attention_head_dim, num_attention_heads=cfg.num_attention_heads,
-        joint_attention_dim=cfg.joint_attention_dim, pooled_projection_dim=cfg.pooled_projection_dim,
-        guidance_embeds=cfg.guidance_embeds, axes_dims_rope=tuple(cfg.axes_dims_rope),
+        patch_size=1,
+        in_channels=cfg.transformer_in_channels,
+        num_layers=cfg.num_layers,
+        num_single_layers=cfg.num_single_layers,
+        attention_head_dim=cfg.attention_head_dim,
+        num_attention_heads=cfg.num_attention_heads,
+        joint_attention_dim=cfg.joint_attention_dim,
+        pooled_projection_dim=cfg.pooled_projection_dim,
+        guidance_embeds=cfg.guidance_embeds,
+        axes_dims_rope=tuple(cfg.axes_dims_rope),
     )
 
 
@@ -261,9 +311,17 @@ def tiny_flux_components(config: TinyFluxConfig | None = None, seed: int = 0) ->
         text_encoder_2 = build_t5_encoder(cfg, tokenizer_2)
     with _seeded(seed, 4):
         transformer = build_transformer(cfg)
-    return dict(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER), vae=vae.eval(),
-                text_encoder=text_encoder.eval(), tokenizer=tokenizer, text_encoder_2=text_encoder_2.eval(),
-                tokenizer_2=tokenizer_2, transformer=transformer.eval(), image_encoder=None, feature_extractor=None)
+    return dict(
+        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER),
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2.eval(),
+        tokenizer_2=tokenizer_2,
+        transformer=transformer.eval(),
+        image_encoder=None,
+        feature_extractor=None,
+    )
 
 
 # ---------------------------------------------------------------- saving
@@ -288,21 +346,6 @@ def build_tiny_pipeline(out_dir: str | os.PathLike, config: TinyFluxConfig | Non
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move src to dst; an existing dst is swapped out first and deleted only after success."""
-    if not dst.exists():
-        os.replace(src, dst)
-        return
-    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-    os.replace(dst, old)
-    try:
-        os.replace(src, dst)
-    except BaseException:
-        os.replace(old, dst)
-        raise
-    shutil.rmtree(old)
 
 
 def _make_readable(root: Path) -> None:

@@ -3,6 +3,10 @@ and each error names the bad value."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 from mosaic_studio.mosaic.images import check_size
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -10,10 +14,27 @@ MAX_SIDE = 4096  # FLUX positions are trained up to ~2 MP; 4096 px is far beyond
 MAX_IMAGES_PER_PROMPT = 16
 
 
-def check_call_inputs(
-    pipe, prompts, references, height, width, reference_size, num_inference_steps,
-    num_images_per_prompt, output_type, attention_steps, callback,
-) -> None:  # fmt: skip
+@dataclass(frozen=True)
+class CallInputs:
+    """The arguments of one `MosaicPipeline.__call__`, after defaults are filled in."""
+
+    prompts: list
+    reference_images: list  # decoded images, one per subject
+    height: int
+    width: int
+    reference_size: int
+    num_inference_steps: Any
+    num_images_per_prompt: Any
+    output_type: str
+    attention_steps: tuple[int, int]
+    callback: Callable | None
+
+
+def check_call_inputs(pipe, inputs: CallInputs) -> None:
+    """Raise a TypeError or ValueError naming the first bad value of `inputs` for `pipe`."""
+    prompts, references = inputs.prompts, inputs.reference_images
+    num_inference_steps, num_images_per_prompt = inputs.num_inference_steps, inputs.num_images_per_prompt
+    output_type, attention_steps, callback = inputs.output_type, inputs.attention_steps, inputs.callback
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise TypeError(f"prompt must be a string or a non-empty list of strings, got {prompts!r}")
     if not references and not any(p.strip() for p in prompts):
@@ -21,16 +42,20 @@ def check_call_inputs(
     if len(references) > pipe.max_references:
         raise ValueError(f"{len(references)} references given; this pipeline takes at most {pipe.max_references}")
     token = pipe.pixels_per_token
-    check_size(height, width, token, min_side=2 * token, max_side=MAX_SIDE)
-    check_size(reference_size, reference_size, token, min_side=2 * token, max_side=MAX_SIDE)
+    check_size(inputs.height, inputs.width, token, min_side=2 * token, max_side=MAX_SIDE)
+    check_size(inputs.reference_size, inputs.reference_size, token, min_side=2 * token, max_side=MAX_SIDE)
     if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
     if not isinstance(num_images_per_prompt, int) or not 1 <= num_images_per_prompt <= MAX_IMAGES_PER_PROMPT:
-        raise ValueError(f"num_images_per_prompt must be an int in [1, {MAX_IMAGES_PER_PROMPT}], got {num_images_per_prompt!r}")
+        raise ValueError(
+            f"num_images_per_prompt must be an int in [1, {MAX_IMAGES_PER_PROMPT}], got {num_images_per_prompt!r}"
+        )
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
     start, end = attention_steps
     if not 0 <= start < end <= num_inference_steps:
-        raise ValueError(f"attention_steps must satisfy 0 <= start < end <= {num_inference_steps}, got {attention_steps!r}")
+        raise ValueError(
+            f"attention_steps must satisfy 0 <= start < end <= {num_inference_steps}, got {attention_steps!r}"
+        )
     if callback is not None and not callable(callback):
         raise TypeError(f"callback_on_step_end must be callable, got {type(callback).__name__}")

@@ -9,7 +9,6 @@ from pathlib import Path
 from PIL import Image
 
 from mosaic_studio.annotator.store import ReviewStore
-
 from mosaic_studio.studio.canvas import REFERENCE, TARGET, Layout, compose, review_layout
 from mosaic_studio.studio.drawing import draw_pairs, nearest_pair
 from mosaic_studio.studio.review import Draft
@@ -35,15 +34,18 @@ def open_sample(store_path: str | Path, sample_id: str) -> Opened:
     """Load a sample and its images; ValueError naming a missing sample or image."""
     with ReviewStore(store_path) as store:
         sample = store.get_sample(sample_id)
-    references = [open_image(store_path, r.image_path, f"sample {sample_id!r} reference {r.index + 1}")
-                  for r in sample.references]
+    reference_images = [
+        open_image(store_path, r.image_path, f"sample {sample_id!r} reference {r.index + 1}") for r in sample.references
+    ]
     target = open_image(store_path, sample.target_path, f"sample {sample_id!r} target")
-    layout = review_layout([r.size for r in references], target.size)
-    images = {(REFERENCE, i): image for i, image in enumerate(references)}
+    layout = review_layout([r.size for r in reference_images], target.size)
+    images = {(REFERENCE, i): image for i, image in enumerate(reference_images)}
     base = compose(layout, {**images, (TARGET, 0): target})
     categories = ", ".join(r.category for r in sample.references)
-    caption = (f"**{sample_id}** · “{sample.caption}” · {categories} · status {sample.status.value}, "
-               f"version {sample.version}{' · in the stratified sample' if sample.in_sample else ''}")
+    caption = (
+        f"**{sample_id}** · “{sample.caption}” · {categories} · status {sample.status.value}, "
+        f"version {sample.version}{' · in the stratified sample' if sample.in_sample else ''}"
+    )
     return Opened(Draft.from_sample(sample), layout, base, caption)
 
 
@@ -60,14 +62,21 @@ def describe(opened: Opened, mode: str = SELECT_MODE) -> str:
         selected = f"Adding a pair: reference {d.pending[0] + 1} point set; click its target on the generated image."
     elif d.selected is not None:
         p = d.pair(d.selected)
-        state = "added in this review" if p.added else f"verdict **{p.verdict or '—'}**" + (" (moved)" if p.moved else "")
-        selected = (f"Pair **{d.selected}** · reference {p.ref_index + 1} ({p.ref_xy[0]:.0f}, {p.ref_xy[1]:.0f}) → "
-                    f"target ({p.target_xy[0]:.0f}, {p.target_xy[1]:.0f}) · {state}")
+        state = (
+            "added in this review" if p.added else f"verdict **{p.verdict or '—'}**" + (" (moved)" if p.moved else "")
+        )
+        selected = (
+            f"Pair **{d.selected}** · reference {p.ref_index + 1} ({p.ref_xy[0]:.0f}, {p.ref_xy[1]:.0f}) → "
+            f"target ({p.target_xy[0]:.0f}, {p.target_xy[1]:.0f}) · {state}"
+        )
     else:
         selected = "No pair selected: click a point."
-    hint = ("Click a reference point, then its target." if mode == ADD_MODE else
-            "Click a point to select its pair; click the generated image to move the selected pair's target "
-            "(or its own reference to move the reference point).")
+    hint = (
+        "Click a reference point, then its target."
+        if mode == ADD_MODE
+        else "Click a point to select its pair; click the generated image to move the selected pair's target "
+        "(or its own reference to move the reference point)."
+    )
     return f"{opened.caption}\n\n{selected}\n\n{counts}\n\n_{hint}_"
 
 
@@ -93,8 +102,10 @@ def click(opened: Opened, mode: str, x: float, y: float) -> Opened:
         return replace(opened, draft=draft.move(target_xy=xy))
     if panel.index == pair.ref_index:
         return replace(opened, draft=draft.move(ref_xy=xy))
-    raise ValueError(f"pair {draft.selected} belongs to reference {pair.ref_index + 1}: click inside it to move the "
-                     "reference point, or on the generated image to move the target point")
+    raise ValueError(
+        f"pair {draft.selected} belongs to reference {pair.ref_index + 1}: click inside it to move the "
+        "reference point, or on the generated image to move the target point"
+    )
 
 
 def save(store_path: str | Path, opened: Opened, annotator: str, decision: str):
@@ -104,8 +115,15 @@ def save(store_path: str | Path, opened: Opened, annotator: str, decision: str):
         raise ValueError("enter your annotator name before saving")
     verdicts, edits = opened.draft.review()
     with ReviewStore(store_path) as store:
-        return store.save_review(opened.draft.sample_id, annotator.strip(), opened.draft.version, verdicts=verdicts,
-                                 decision=decision, edits=edits, duration_s=opened.draft.duration())
+        return store.save_review(
+            opened.draft.sample_id,
+            annotator.strip(),
+            opened.draft.version,
+            verdicts=verdicts,
+            decision=decision,
+            edits=edits,
+            duration_s=opened.draft.duration(),
+        )
 
 
 def queue_ids(store_path: str | Path, annotator: str) -> list[str]:
@@ -124,5 +142,7 @@ def progress(store_path: str | Path, annotator: str) -> str:
         position = f"Sample **{done + 1} of {stats.samples}**"
     else:
         position = f"All **{stats.samples}** samples reviewed"
-    return (f"{position} · {done} reviewed by {who} · stratified sample: {stats.sampled_reviewed} of "
-            f"{stats.in_sample} reviewed")
+    return (
+        f"{position} · {done} reviewed by {who} · stratified sample: {stats.sampled_reviewed} of "
+        f"{stats.in_sample} reviewed"
+    )

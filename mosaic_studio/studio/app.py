@@ -9,16 +9,15 @@ variables (`mosaic-studio --help`, `mosaic_studio/studio/options.py`).
 
 from __future__ import annotations
 
-from mosaic_studio.studio import space  # noqa: F401  first: ZeroGPU wants `spaces` imported before anything touches CUDA
-
 import tempfile
 from pathlib import Path
 
 import gradio as gr
 
 from mosaic_studio.annotator.store import ReviewStore
-from mosaic_studio.studio.tabs import annotate, attention, generate
+from mosaic_studio.studio import space  # noqa: F401  first: ZeroGPU wants `spaces` imported before anything touches CUDA
 from mosaic_studio.studio.options import default_store_path, parse_args
+from mosaic_studio.studio.tabs import annotate, attention, generate
 
 SESSION_TTL_S = 3600  # a generation (with its attention maps) is kept an hour after it was made
 UI_CONCURRENCY = 8  # light events (heatmap clicks, annotation) served at once; generation is 1
@@ -28,8 +27,14 @@ subject images, describe the scene, generate; then see where each reference poin
 review correspondence points."""
 
 
-def build_demo(pipe, store: str | Path | ReviewStore | None = None, *, outputs_dir: str | Path | None = None,
-               model_info: dict | None = None, max_queue: int = 20) -> gr.Blocks:
+def build_demo(
+    pipe,
+    *,
+    store: str | Path | ReviewStore | None = None,
+    outputs_dir: str | Path | None = None,
+    model_info: dict | None = None,
+    max_queue: int = 20,
+) -> gr.Blocks:
     """The studio on `pipe` (a MosaicPipeline). store: the review store's path (created when
     missing; default: the user data folder). outputs_dir: where generated PNGs and exports go
     (default: a new temporary folder). max_queue: requests allowed to wait.
@@ -53,9 +58,18 @@ def build_demo(pipe, store: str | Path | ReviewStore | None = None, *, outputs_d
                 attention_ui = attention.build()
             with gr.Tab("Annotate", id="annotate", elem_id="annotate-tab"):
                 annotate_ui = annotate.build()
-        generated = generate.wire(generate_ui, pipe, generation, outputs_dir, model_info)
-        attention.wire(attention_ui, generation, generated, store_path, annotate_ui, tabs)
-        annotate.wire(annotate_ui, store_path, outputs_dir)
+        generated = generate.wire(
+            generate_ui, pipe=pipe, generation=generation, outputs_dir=outputs_dir, model_info=model_info
+        )
+        attention.wire(
+            attention_ui,
+            generation=generation,
+            generated=generated,
+            store_path=store_path,
+            annotate_ui=annotate_ui,
+            tabs=tabs,
+        )
+        annotate.wire(annotate_ui, store_path=store_path, outputs_dir=outputs_dir)
         demo.load(None, js=annotate.SHORTCUTS_JS)
     return demo.queue(default_concurrency_limit=UI_CONCURRENCY, max_size=max_queue)
 
@@ -65,8 +79,16 @@ def main(argv=None) -> None:
 
     args = parse_args(argv)
     lora = None if args.lora == "none" else args.lora
-    pipe = load_studio_pipeline(args.model, lora, args.lora_weight_name, args.device, args.dtype, args.cpu_offload,
-                                args.quantize)
-    demo = build_demo(pipe, args.store, model_info={"model": args.model, "lora": args.lora}, max_queue=args.max_queue)
+    pipe = load_studio_pipeline(
+        args.model,
+        lora=lora,
+        lora_weight_name=args.lora_weight_name,
+        device=args.device,
+        dtype=args.dtype,
+        cpu_offload=args.cpu_offload,
+        quantize=args.quantize,
+    )
+    demo = build_demo(
+        pipe, store=args.store, model_info={"model": args.model, "lora": args.lora}, max_queue=args.max_queue
+    )
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)
-

@@ -78,8 +78,9 @@ def strip_layout(sizes: list[tuple[int, int]], tile: int = STRIP_TILE, gap: int 
     return Layout((gap + len(sizes) * (tile + gap), TOP + LABEL + tile + gap // 2), tuple(panels))
 
 
-def review_layout(ref_sizes: list[tuple[int, int]], target_size: tuple[int, int],
-                  tile: int = REVIEW_TILE, gap: int = GAP) -> Layout:
+def review_layout(
+    ref_sizes: list[tuple[int, int]], target_size: tuple[int, int], tile: int = REVIEW_TILE, gap: int = GAP
+) -> Layout:
     """References in one column (two beyond three references) on the left, the target on the
     right, as tall as the reference column and at least MIN_TARGET_SIDE."""
     columns = 1 if len(ref_sizes) <= 3 else 2

@@ -42,8 +42,10 @@ def _font():
 
 def endpoints(layout: Layout, pair: DrawnPair) -> tuple[tuple[float, float], tuple[float, float]]:
     """Canvas positions of the pair's reference and target ends."""
-    return (layout.panel(REFERENCE, pair.ref_index).to_canvas(pair.ref_xy),
-            layout.panel(TARGET).to_canvas(pair.target_xy))
+    return (
+        layout.panel(REFERENCE, pair.ref_index).to_canvas(pair.ref_xy),
+        layout.panel(TARGET).to_canvas(pair.target_xy),
+    )
 
 
 def nearest_pair(layout: Layout, pairs: list[DrawnPair], x: float, y: float, radius: float = HIT_RADIUS) -> int | None:
@@ -61,12 +63,21 @@ def _dot(draw, xy, colour, radius, halo: bool, filled: bool = True):
     x, y = xy
     if halo:
         draw.ellipse((x - radius - 3, y - radius - 3, x + radius + 3, y + radius + 3), fill=(255, 255, 255))
-    draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour if filled else None,
-                 outline=(0, 0, 0) if filled else colour, width=1 if filled else 3)
+    draw.ellipse(
+        (x - radius, y - radius, x + radius, y + radius),
+        fill=colour if filled else None,
+        outline=(0, 0, 0) if filled else colour,
+        width=1 if filled else 3,
+    )
 
 
-def draw_pairs(canvas: Image.Image, layout: Layout, pairs: list[DrawnPair], selected: int | None = None,
-               pending: tuple[int, tuple[float, float]] | None = None) -> Image.Image:
+def draw_pairs(
+    canvas: Image.Image,
+    layout: Layout,
+    pairs: list[DrawnPair],
+    selected: int | None = None,
+    pending: tuple[int, tuple[float, float]] | None = None,
+) -> Image.Image:
     """A copy of `canvas` (from `canvas.compose`) with every pair drawn; `selected` is a number."""
     canvas = canvas.copy()
     draw = ImageDraw.Draw(canvas)
@@ -82,9 +93,22 @@ def draw_pairs(canvas: Image.Image, layout: Layout, pairs: list[DrawnPair], sele
         for xy in (start, end):
             _dot(draw, xy, colour, SELECTED_RADIUS if chosen else POINT_RADIUS, halo=chosen)
             label = f"{pair.number}{VERDICT_MARKS.get(pair.verdict, '')}"
-            draw.text((xy[0] + POINT_RADIUS + 2, xy[1] - POINT_RADIUS - 8), label, fill=(0, 0, 0), font=font,
-                      stroke_width=2, stroke_fill=(255, 255, 255))
+            draw.text(
+                (xy[0] + POINT_RADIUS + 2, xy[1] - POINT_RADIUS - 8),
+                label,
+                fill=(0, 0, 0),
+                font=font,
+                stroke_width=2,
+                stroke_fill=(255, 255, 255),
+            )
     if pending is not None:
         ref_index, xy = pending
-        _dot(draw, layout.panel(REFERENCE, ref_index).to_canvas(xy), (255, 0, 255), SELECTED_RADIUS, halo=True, filled=False)
+        _dot(
+            draw,
+            layout.panel(REFERENCE, ref_index).to_canvas(xy),
+            (255, 0, 255),
+            SELECTED_RADIUS,
+            halo=True,
+            filled=False,
+        )
     return canvas

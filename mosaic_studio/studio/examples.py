@@ -31,8 +31,19 @@ def load_examples(path: str | Path = EXAMPLES_FILE) -> list[Example]:
         references = tuple(str(path.parent / name) for name in item["references"])
         missing = [name for name in references if not Path(name).is_file()]
         if missing or len(item["categories"]) != len(references):
-            raise ValueError(f"{path}: example {item['name']!r} has missing files {missing} or "
-                             f"{len(item['categories'])} categories for {len(references)} references")
-        examples.append(Example(item["name"], item["prompt"], references, tuple(item["categories"]),
-                                int(item["width"]), int(item["height"]), int(item["seed"])))
+            raise ValueError(
+                f"{path}: example {item['name']!r} has missing files {missing} or "
+                f"{len(item['categories'])} categories for {len(references)} references"
+            )
+        examples.append(
+            Example(
+                item["name"],
+                item["prompt"],
+                references,
+                tuple(item["categories"]),
+                int(item["width"]),
+                int(item["height"]),
+                int(item["seed"]),
+            )
+        )
     return examples

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from mosaic_studio.mosaic.images import preprocess_reference
 from mosaic_studio.mosaic.probe import all_blocks
-
+from mosaic_studio.studio.limits import MAX_PROMPT_CHARS, MAX_PROMPT_TOKENS
 from mosaic_studio.studio.metadata import save_png
 from mosaic_studio.studio.references import load_references, parse_categories
 from mosaic_studio.studio.session import Generation
@@ -43,15 +43,22 @@ class Request:
 
     def check(self) -> Request:
         for name, value, low, high in (
-            ("height", self.height, MIN_SIDE, MAX_SIDE), ("width", self.width, MIN_SIDE, MAX_SIDE),
-            ("steps", self.steps, 1, MAX_STEPS), ("images", self.num_images, 1, MAX_IMAGES),
+            ("height", self.height, MIN_SIDE, MAX_SIDE),
+            ("width", self.width, MIN_SIDE, MAX_SIDE),
+            ("steps", self.steps, 1, MAX_STEPS),
+            ("images", self.num_images, 1, MAX_IMAGES),
             ("seed", self.seed, 0, MAX_SEED),
-        ):  # fmt: skip
+        ):
             if not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"{name}={value!r} is outside [{low}, {high}]")
+        if not isinstance(self.prompt, str):
+            raise TypeError(f"the prompt must be text, got {type(self.prompt).__name__}")
+        if len(self.prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(f"the prompt is {len(self.prompt):,} characters; at most {MAX_PROMPT_CHARS:,}")
         if not 1 <= self.attention_first <= min(self.attention_last, self.steps):
-            raise ValueError(f"attention steps {self.attention_first}–{self.attention_last} "
-                             f"do not lie in 1–{self.steps}")
+            raise ValueError(
+                f"attention steps {self.attention_first}–{self.attention_last} do not lie in 1–{self.steps}"
+            )
         return self
 
     @property
@@ -60,12 +67,25 @@ class Request:
         return (self.attention_first - 1, min(self.attention_last, self.steps))
 
 
+def check_prompt_tokens(pipe, prompt: str) -> None:
+    """Refuse a prompt longer than T5 reads: the pipeline would silently cut it (FLUX: 512 tokens,
+    or the tokenizer's own limit when smaller, as the pipeline chooses)."""
+    tokenizer = getattr(pipe, "tokenizer_2", None)
+    if tokenizer is None or not prompt:
+        return
+    limit = min(MAX_PROMPT_TOKENS, tokenizer.model_max_length)
+    count = len(tokenizer(prompt, verbose=False).input_ids)  # with the end token, as the pipeline counts
+    if count > limit:
+        raise ValueError(f"the prompt is {count} T5 tokens; the model reads at most {limit}: shorten it")
+
+
 def random_seed() -> int:
     return secrets.randbelow(MAX_SEED + 1)
 
 
-def record_blocks(transformer, num_images: int, num_refs: int, ref_tokens: int, target_tokens: int,
-                  budget: int = RECORD_BUDGET_BYTES) -> list[str]:
+def record_blocks(
+    transformer, num_images: int, num_refs: int, ref_tokens: int, target_tokens: int, budget: int = RECORD_BUDGET_BYTES
+) -> list[str]:
     """Every block when its maps fit `budget` bytes, else as many evenly spaced ones as fit."""
     blocks = all_blocks(transformer)
     per_block = 4 * num_images * num_refs * ref_tokens * target_tokens  # float32 bytes
@@ -75,12 +95,20 @@ def record_blocks(transformer, num_images: int, num_refs: int, ref_tokens: int, 
     return [blocks[round(i * (len(blocks) - 1) / max(keep - 1, 1))] for i in range(keep)]
 
 
-def generate(pipe, request: Request, files, categories_text: str = "", remove_bg: bool = False,
-             outputs_dir: str | Path = ".", on_step: Callable[[int, int], None] | None = None,
-             model_info: dict | None = None) -> Generation:
+def generate(
+    pipe,
+    request: Request,
+    files,
+    categories_text: str = "",
+    remove_bg: bool = False,
+    outputs_dir: str | Path = ".",
+    on_step: Callable[[int, int], None] | None = None,
+    model_info: dict | None = None,
+) -> Generation:
     """Run one generation. ValueError (naming the problem) for any bad input, before any work."""
     # 1. Check inputs
     request.check()
+    check_prompt_tokens(pipe, request.prompt)
     images, names = load_references(files, remove_bg)
     if not images and not request.prompt.strip():
         raise ValueError("the prompt is empty and there are no references: give a prompt, references, or both")
@@ -89,8 +117,17 @@ def generate(pipe, request: Request, files, categories_text: str = "", remove_bg
     token = pipe.pixels_per_token
 
     # 2. Attention recording: every block that fits the budget, the requested steps
-    blocks = record_blocks(pipe.transformer, request.num_images, len(images), (reference_size // token) ** 2,
-                           (request.height // token) * (request.width // token)) if images else None
+    blocks = (
+        record_blocks(
+            pipe.transformer,
+            request.num_images,
+            len(images),
+            (reference_size // token) ** 2,
+            (request.height // token) * (request.width // token),
+        )
+        if images
+        else None
+    )
 
     # 3. Generate
     def callback(_pipe, i, _t, _tensors):
@@ -99,21 +136,47 @@ def generate(pipe, request: Request, files, categories_text: str = "", remove_bg
         return {}
 
     out = pipe(
-        request.prompt, references=images, height=request.height, width=request.width,
-        num_inference_steps=request.steps, guidance_scale=request.guidance,
-        num_images_per_prompt=request.num_images, generator=torch.Generator().manual_seed(request.seed),
-        callback_on_step_end=callback, record_attention=bool(images), reference_size=reference_size,
-        attention_blocks=blocks, attention_steps=request.attention_steps,
-    )  # fmt: skip
+        request.prompt,
+        reference_images=images,
+        height=request.height,
+        width=request.width,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance,
+        num_images_per_prompt=request.num_images,
+        generator=torch.Generator().manual_seed(request.seed),
+        callback_on_step_end=callback,
+        record_attention=bool(images),
+        reference_size=reference_size,
+        attention_blocks=blocks,
+        attention_steps=request.attention_steps,
+    )
 
     # 4. PNGs with metadata
-    settings = {**asdict(request), "attention_last": request.attention_steps[1], "references": names,
-                "categories": categories, "reference_size": reference_size, **(model_info or {})}
+    settings = {
+        **asdict(request),
+        "attention_last": request.attention_steps[1],
+        "references": names,
+        "categories": categories,
+        "reference_size": reference_size,
+        **(model_info or {}),
+    }
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     paths = [
-        str(save_png(image, Path(outputs_dir) / f"mosaic-{stamp}-seed{request.seed}-{i + 1}.png",
-                     {**settings, "image": i + 1}))
+        str(
+            save_png(
+                image,
+                Path(outputs_dir) / f"mosaic-{stamp}-seed{request.seed}-{i + 1}.png",
+                {**settings, "image": i + 1},
+            )
+        )
         for i, image in enumerate(out.images)
-    ]  # fmt: skip
-    references = [preprocess_reference(image, reference_size) for image in images]  # as the pipeline saw them
-    return Generation(settings, list(out.images), references, categories, out.attention, paths)
+    ]
+    reference_images = [preprocess_reference(image, reference_size) for image in images]  # as the pipeline saw them
+    return Generation(
+        settings=settings,
+        images=list(out.images),
+        reference_images=reference_images,
+        categories=categories,
+        record=out.attention,
+        paths=paths,
+    )

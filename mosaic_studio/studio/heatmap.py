@@ -70,8 +70,9 @@ def token_centre(index: int, grid: tuple[int, int], image_size: tuple[int, int])
     return ((col + 0.5) * image_size[0] / cols, (row + 0.5) * image_size[1] / rows)
 
 
-def heatmap_overlay(image: Image.Image, grid: np.ndarray, cmap: str = DEFAULT_CMAP,
-                    opacity: float = 0.6) -> tuple[Image.Image, int]:
+def heatmap_overlay(
+    image: Image.Image, grid: np.ndarray, cmap: str = DEFAULT_CMAP, opacity: float = 0.6
+) -> tuple[Image.Image, int]:
     """`image` with the (rows, cols) map coloured over it, its argmax marked.
     Returns the picture and the argmax token index."""
     grid = np.asarray(grid, dtype=np.float32)

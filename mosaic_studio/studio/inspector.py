@@ -35,8 +35,8 @@ def image_index(generation: Generation, image_number) -> int:
 
 def strip(generation: Generation, clicked: Clicked | None = None) -> tuple[Image.Image, Layout]:
     """The references side by side (with the clicked point marked) and their layout."""
-    layout = strip_layout([image.size for image in generation.references])
-    picture = compose(layout, {(REFERENCE, i): image for i, image in enumerate(generation.references)})
+    layout = strip_layout([image.size for image in generation.reference_images])
+    picture = compose(layout, {(REFERENCE, i): image for i, image in enumerate(generation.reference_images)})
     if clicked is not None:
         reference, x, y = clicked
         picture = mark(picture, layout.panel(REFERENCE, reference).to_canvas((x, y)))
@@ -53,9 +53,9 @@ def clicked_on_strip(generation: Generation, x: float, y: float) -> Clicked:
 
 def clicked_reference_pixel(generation: Generation, reference_number, x, y) -> Clicked:
     k = int(reference_number) - 1
-    if not 0 <= k < len(generation.references):
-        raise ValueError(f"there is no reference {k + 1}; this generation has {len(generation.references)}")
-    width, height = generation.references[k].size
+    if not 0 <= k < len(generation.reference_images):
+        raise ValueError(f"there is no reference {k + 1}; this generation has {len(generation.reference_images)}")
+    width, height = generation.reference_images[k].size
     if not (0 <= float(x) < width and 0 <= float(y) < height):
         raise ValueError(f"pixel ({x}, {y}) is outside reference {k + 1} ({width}×{height})")
     return (k, float(x), float(y))
@@ -71,9 +71,11 @@ def heatmap_view(generation: Generation, clicked: Clicked | None, image_number, 
     row = record.heatmap(reference, x, y, image, generation.block_range(first, last))  # (rows, cols)
     picture, argmax = heatmap_overlay(generation.images[image], row.numpy(), cmap, float(opacity))
     rows, cols = record.target_grid
-    caption = (f"Reference {reference + 1}, pixel ({x:.0f}, {y:.0f}) = token {token} of its {record.reference_grid[0]}×"
-               f"{record.reference_grid[1]} grid · peak (ring) at target token ({argmax // cols}, {argmax % cols}) of "
-               f"{rows}×{cols}, attention {float(row.max()):.4f} (uniform: {1 / (rows * cols):.4f})")
+    caption = (
+        f"Reference {reference + 1}, pixel ({x:.0f}, {y:.0f}) = token {token} of its {record.reference_grid[0]}×"
+        f"{record.reference_grid[1]} grid · peak (ring) at target token ({argmax // cols}, {argmax % cols}) of "
+        f"{rows}×{cols}, attention {float(row.max()):.4f} (uniform: {1 / (rows * cols):.4f})"
+    )
     return picture, caption
 
 
@@ -85,14 +87,18 @@ def overview_view(generation: Generation, image_number, first, last, opacity):
     picture = overview_overlay(generation.images[image], maps.numpy(), float(opacity), labels or None)
     if len(maps) < 2:
         return picture, "One reference: nothing to disentangle."
-    return picture, (f"Mean pairwise overlap of the references' attention: **{overlap(maps.numpy()):.2f}** "
-                     "(0 = disjoint regions, 1 = identical). Each pixel takes the colour of the reference that "
-                     "attends to it most, stronger where that attention is higher.")
+    return picture, (
+        f"Mean pairwise overlap of the references' attention: **{overlap(maps.numpy()):.2f}** "
+        "(0 = disjoint regions, 1 = identical). Each pixel takes the colour of the reference that "
+        "attends to it most, stronger where that attention is higher."
+    )
 
 
 def blocks_text(generation: Generation, first, last) -> str:
     names = generation.block_range(first, last)
     start, end = generation.settings["attention_first"], generation.settings["attention_last"]
-    return (f"Blocks **{names[0]}** … **{names[-1]}** ({len(names)} of {len(generation.blocks)} recorded) · averaged "
-            f"over denoising steps {start}–{end} of {generation.settings['steps']} (set before generating: "
-            "Generate tab → Attention recording)")
+    return (
+        f"Blocks **{names[0]}** … **{names[-1]}** ({len(names)} of {len(generation.blocks)} recorded) · averaged "
+        f"over denoising steps {start}–{end} of {generation.settings['steps']} (set before generating: "
+        "Generate tab → Attention recording)"
+    )

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from mosaic_studio import DEFAULT_MODEL_DIR
 from mosaic_studio.mosaic.loading import AUTO
-
 from mosaic_studio.studio.quantization import QUANTIZE_CHOICES
 from mosaic_studio.studio.space import SPACE_DATA, on_space
 
@@ -44,31 +43,70 @@ def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     parser = argparse.ArgumentParser(description="MOSAIC Studio: generate, inspect attention, annotate")
     add = parser.add_argument
-    add("--model", default=env("MOSAIC_MODEL", str(DEFAULT_MODEL_DIR)),
-        help="FLUX folder or hub id, e.g. black-forest-labs/FLUX.1-dev [MOSAIC_MODEL; default: the embedded model]")
-    add("--lora", default=env("MOSAIC_LORA", AUTO),
+    add(
+        "--model",
+        default=env("MOSAIC_MODEL", str(DEFAULT_MODEL_DIR)),
+        help="FLUX folder or hub id, e.g. black-forest-labs/FLUX.1-dev [MOSAIC_MODEL; default: the embedded model]",
+    )
+    add(
+        "--lora",
+        default=env("MOSAIC_LORA", AUTO),
         help='"auto" (FLUX.1-dev: ByteDance-FanQie/MOSAIC subject_512.safetensors; a local model: its own '
-             'LoRA file), "none", or a LoRA file/folder/hub id [MOSAIC_LORA]')
-    add("--lora-weight-name", default=env("MOSAIC_LORA_WEIGHT_NAME"),
-        help="file inside a LoRA folder/repo [MOSAIC_LORA_WEIGHT_NAME]")
+        'LoRA file), "none", or a LoRA file/folder/hub id [MOSAIC_LORA]',
+    )
+    add(
+        "--lora-weight-name",
+        default=env("MOSAIC_LORA_WEIGHT_NAME"),
+        help="file inside a LoRA folder/repo [MOSAIC_LORA_WEIGHT_NAME]",
+    )
     add("--device", default=env("MOSAIC_DEVICE"), help="cuda, cpu, … (default: cuda when available) [MOSAIC_DEVICE]")
-    add("--dtype", default=env("MOSAIC_DTYPE"),
-        help="float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPU) [MOSAIC_DTYPE]")
-    add("--cpu-offload", action="store_true", default=_flag(env("MOSAIC_CPU_OFFLOAD")),
-        help="keep only the running model on the GPU (less memory, slower) [MOSAIC_CPU_OFFLOAD=1]")
-    add("--quantize", choices=QUANTIZE_CHOICES, default=env("MOSAIC_QUANTIZE", "none"),
+    add(
+        "--dtype",
+        default=env("MOSAIC_DTYPE"),
+        help="float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPU) [MOSAIC_DTYPE]",
+    )
+    add(
+        "--cpu-offload",
+        action="store_true",
+        default=_flag(env("MOSAIC_CPU_OFFLOAD")),
+        help="keep only the running model on the GPU (less memory, slower) [MOSAIC_CPU_OFFLOAD=1]",
+    )
+    add(
+        "--quantize",
+        choices=QUANTIZE_CHOICES,
+        default=env("MOSAIC_QUANTIZE", "none"),
         help="bitsandbytes quantization of the transformer and T5 (needs `pip install bitsandbytes` and a GPU; "
-             "memory: README) [MOSAIC_QUANTIZE]")
-    add("--host", default=env("MOSAIC_HOST", default_host()),
-        help="0.0.0.0 to serve the network (default 127.0.0.1; 0.0.0.0 in a Space) [MOSAIC_HOST]")
-    add("--port", type=int, default=int(env("MOSAIC_PORT", env("GRADIO_SERVER_PORT", str(DEFAULT_PORT)))),
-        help="[MOSAIC_PORT]")
-    add("--share", action="store_true", default=_flag(env("MOSAIC_SHARE")),
-        help="a public gradio.live link [MOSAIC_SHARE=1]")
-    add("--store", default=env("MOSAIC_STORE", str(default_store_path())),
-        help="review store (SQLite file) of the Annotate tab; created when missing [MOSAIC_STORE]")
-    add("--max-queue", type=int, default=int(env("MOSAIC_MAX_QUEUE", "20")),
-        help="requests allowed to wait (generations run one at a time); more are refused with a message [MOSAIC_MAX_QUEUE]")
+        "memory: README) [MOSAIC_QUANTIZE]",
+    )
+    add(
+        "--host",
+        default=env("MOSAIC_HOST", default_host()),
+        help="0.0.0.0 to serve the network (default 127.0.0.1; 0.0.0.0 in a Space) [MOSAIC_HOST]",
+    )
+    add(
+        "--port",
+        type=int,
+        default=int(env("MOSAIC_PORT", env("GRADIO_SERVER_PORT", str(DEFAULT_PORT)))),
+        help="[MOSAIC_PORT]",
+    )
+    add(
+        "--share",
+        action="store_true",
+        default=_flag(env("MOSAIC_SHARE")),
+        help="a public gradio.live link [MOSAIC_SHARE=1]",
+    )
+    add(
+        "--store",
+        default=env("MOSAIC_STORE", str(default_store_path())),
+        help="review store (SQLite file) of the Annotate tab; created when missing [MOSAIC_STORE]",
+    )
+    add(
+        "--max-queue",
+        type=int,
+        default=int(env("MOSAIC_MAX_QUEUE", "20")),
+        help="requests allowed to wait (generations run one at a time); more are refused with a message "
+        "[MOSAIC_MAX_QUEUE]",
+    )
     return parser
 
 

@@ -22,7 +22,6 @@ from PIL import Image
 
 from mosaic_studio.annotator.records import PointRecord, ReferenceRecord, SampleRecord
 from mosaic_studio.mosaic.images import BBOX_TOLERANCE
-
 from mosaic_studio.studio.session import Generation
 
 SOURCE = "attention"  # the `source` of a proposed point in the store
@@ -104,22 +103,34 @@ def _centre(token: int, grid: tuple[int, int], size: tuple[int, int]) -> tuple[f
     return ((col + 0.5) * size[0] / cols, (row + 0.5) * size[1] / rows)
 
 
-def propose_points(maps: torch.Tensor, references: list[Image.Image], reference_grid, target_grid,
-                   target_size: tuple[int, int], per_reference: int = POINTS_PER_REFERENCE) -> list[PointRecord]:
+def propose_points(
+    maps: torch.Tensor,
+    reference_images: list[Image.Image],
+    reference_grid,
+    target_grid,
+    target_size: tuple[int, int],
+    per_reference: int = POINTS_PER_REFERENCE,
+) -> list[PointRecord]:
     """maps: (K, N_ref, N_tgt) of one image. Up to `per_reference` points per reference."""
     claimed: dict[int, int] = {}  # target token → reference that claimed it (Eq. 2)
     points = []
-    for k, reference in enumerate(references):
+    for k, reference in enumerate(reference_images):
         taken, subject = 0, foreground(reference)
         for u in farthest_order(subject_tokens(reference, reference_grid), reference_grid):
             row = maps[k, u]  # (N_tgt,)
             v = int(row.argmax())
             if claimed.setdefault(v, k) != k:
                 continue
-            points.append(PointRecord(
-                ref_index=k, point_index=taken, ref_xy=subject_point(u, reference_grid, subject),
-                target_xy=_centre(v, target_grid, target_size), source=SOURCE, confidence=float(row[v]),
-            ))  # fmt: skip
+            points.append(
+                PointRecord(
+                    ref_index=k,
+                    point_index=taken,
+                    ref_xy=subject_point(u, reference_grid, subject),
+                    target_xy=_centre(v, target_grid, target_size),
+                    source=SOURCE,
+                    confidence=float(row[v]),
+                )
+            )
             taken += 1
             if taken == per_reference:
                 break
@@ -130,8 +141,13 @@ def new_sample_id() -> str:
     return f"studio-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
-def review_item(generation: Generation, image_index: int, maps: torch.Tensor, store_dir: str | Path,
-                per_reference: int = POINTS_PER_REFERENCE) -> SampleRecord:
+def review_item(
+    generation: Generation,
+    image_index: int,
+    maps: torch.Tensor,
+    store_dir: str | Path,
+    per_reference: int = POINTS_PER_REFERENCE,
+) -> SampleRecord:
     """Write the generated image and its references under `store_dir`/studio-items/<id>/ and
     return the sample to add, its paths relative to `store_dir`. maps: (num_images, K, N_ref, N_tgt)."""
     if generation.record is None:
@@ -144,10 +160,17 @@ def review_item(generation: Generation, image_index: int, maps: torch.Tensor, st
     target = generation.images[image_index]
     target.save(Path(store_dir) / folder / "target.png")
     references = []
-    for k, (image, category) in enumerate(zip(generation.references, generation.categories)):
+    for k, (image, category) in enumerate(zip(generation.reference_images, generation.categories)):
         image.save(Path(store_dir) / folder / f"ref_{k}.png")
         references.append(ReferenceRecord(k, str(folder / f"ref_{k}.png"), category))
-    points = propose_points(maps[image_index], generation.references, generation.record.reference_grid,
-                            generation.record.target_grid, target.size, per_reference)
-    return SampleRecord(sample_id, generation.settings.get("prompt", ""), str(folder / "target.png"),
-                        tuple(references), tuple(points))
+    points = propose_points(
+        maps[image_index],
+        generation.reference_images,
+        generation.record.reference_grid,
+        generation.record.target_grid,
+        target.size,
+        per_reference,
+    )
+    return SampleRecord(
+        sample_id, generation.settings.get("prompt", ""), str(folder / "target.png"), tuple(references), tuple(points)
+    )

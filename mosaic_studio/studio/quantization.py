@@ -35,28 +35,51 @@ def quantization_config(quantize: str, dtype: str):
     if quantize == "none":
         return None
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ValueError(f"--quantize {quantize} needs the bitsandbytes package (pip install bitsandbytes) and a CUDA GPU")
+        raise ValueError(
+            f"--quantize {quantize} needs the bitsandbytes package (pip install bitsandbytes) and a CUDA GPU"
+        )
     from diffusers.quantizers import PipelineQuantizationConfig
 
-    kwargs = {"load_in_8bit": True} if quantize == "8bit" else {
-        "load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": DTYPES[dtype],
-    }  # fmt: skip
+    kwargs = (
+        {"load_in_8bit": True}
+        if quantize == "8bit"
+        else {
+            "load_in_4bit": True,
+            "bnb_4bit_quant_type": "nf4",
+            "bnb_4bit_compute_dtype": DTYPES[dtype],
+        }
+    )
     return PipelineQuantizationConfig(
         quant_backend=_BACKENDS[quantize], quant_kwargs=kwargs, components_to_quantize=QUANTIZED_COMPONENTS
     )
 
 
 def load_studio_pipeline(
-    model=DEFAULT_MODEL_DIR, lora=AUTO, lora_weight_name=None, device=None, dtype=None,
-    cpu_offload=False, quantize="none",
-):  # fmt: skip
+    model=DEFAULT_MODEL_DIR,
+    *,
+    lora=AUTO,
+    lora_weight_name=None,
+    device=None,
+    dtype=None,
+    cpu_offload=False,
+    quantize="none",
+):
     """`load_pipeline` with the same arguments, plus `quantize` (see QUANTIZE_CHOICES)."""
     config = None
     if quantize != "none":
         device = pick_device(device)
         dtype = dtype or "bfloat16"
         if device == "cpu" or dtype not in DTYPES:
-            raise ValueError(f"--quantize {quantize} runs on a CUDA GPU with a float dtype, "
-                             f"got device={device!r}, dtype={dtype!r}")
+            raise ValueError(
+                f"--quantize {quantize} runs on a CUDA GPU with a float dtype, got device={device!r}, dtype={dtype!r}"
+            )
         config = quantization_config(quantize, dtype)
-    return load_pipeline(model, lora, lora_weight_name, device, dtype, cpu_offload, quantization_config=config)
+    return load_pipeline(
+        model,
+        lora=lora,
+        lora_weight_name=lora_weight_name,
+        device=device,
+        dtype=dtype,
+        cpu_offload=cpu_offload,
+        quantization_config=config,
+    )

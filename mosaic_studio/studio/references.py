@@ -4,14 +4,15 @@ and the preview of what the model sees (the official preprocessing: subject crop
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from PIL import Image
 
 from mosaic_studio.mosaic.images import load_image, preprocess_reference
 from mosaic_studio.mosaic.pipeline import MAX_REFERENCES
-
 from mosaic_studio.studio.background import remove_background
+from mosaic_studio.studio.limits import MAX_REQUEST_PIXELS, MAX_UPLOAD_BYTES, MAX_UPLOAD_MB
 
 PREVIEW_SIZE = 256  # pixels: the preview shows the crop and padding, not the model's resolution
 DEFAULT_CATEGORY = "object"  # stratum tag of a subject whose category the user did not give
@@ -28,21 +29,59 @@ def upload_paths(files) -> list[str]:
 
 def check_count(paths: list[str]) -> None:
     if len(paths) > MAX_REFERENCES:
-        raise ValueError(f"{len(paths)} references uploaded; MOSAIC takes at most {MAX_REFERENCES}. "
-                         f"Remove {len(paths) - MAX_REFERENCES}.")
+        raise ValueError(
+            f"{len(paths)} references uploaded; MOSAIC takes at most {MAX_REFERENCES}. "
+            f"Remove {len(paths) - MAX_REFERENCES}."
+        )
+
+
+def _label(index: int, path: str) -> str:
+    # The file name only: an upload's full path is the server's temporary folder, not the user's.
+    return f"reference {index + 1} ({Path(path).name})"
+
+
+def _declared_pixels(path: str) -> int:
+    """Width × height from the image header, nothing decoded; 0 when the header is unreadable
+    (decoding then names the problem)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.width * image.height
+    except Exception:  # any unreadable header: load_image reports it with its own wording
+        return 0
+
+
+def check_budget(paths: list[str]) -> None:
+    """File size per upload and decoded pixels per request (limits.py), before decoding anything:
+    the upload route's own size limit does not cover files that reach a handler another way."""
+    for i, path in enumerate(paths):
+        size = os.path.getsize(path) if os.path.isfile(path) else 0  # a missing file is named when loading
+        if size > MAX_UPLOAD_BYTES:
+            raise ValueError(f"{_label(i, path)} is {size / 2**20:.1f} MB; an upload may be at most {MAX_UPLOAD_MB} MB")
+    total = sum(_declared_pixels(path) for path in paths)
+    if total > MAX_REQUEST_PIXELS:
+        raise ValueError(
+            f"the references hold {total / 1e6:.1f} MP together; one request may hold at most "
+            f"{MAX_REQUEST_PIXELS / 1e6:.0f} MP (e.g. six 12 MP photos): upload smaller or fewer images"
+        )
 
 
 def load_references(files, remove_bg: bool = False) -> tuple[list[Image.Image], list[str]]:
-    """Decode uploads → (images, file names). ValueError naming the file and the problem."""
+    """Decode uploads → (images, file names). ValueError naming the file (by its name, never
+    its server path) and the problem."""
     paths = upload_paths(files)
     check_count(paths)
+    check_budget(paths)
     images, names = [], []
     for i, path in enumerate(paths):
-        name = f"reference {i + 1} ({Path(path).name})"
+        name = _label(i, path)
         try:
             image = load_image(path, name=name)
-        except FileNotFoundError as error:
-            raise ValueError(f"{name} is missing: {error}") from error
+        except FileNotFoundError:
+            raise ValueError(f"{name} is missing: upload it again") from error
+        except ValueError as error:  # load_image names the file by its full path
+            raise ValueError(str(error).replace(path, Path(path).name)) from error
         images.append(remove_background(image, name=name) if remove_bg else image)
         names.append(Path(path).name)
     return images, names
@@ -51,7 +90,9 @@ def load_references(files, remove_bg: bool = False) -> tuple[list[Image.Image], 
 def preview(files, remove_bg: bool = False, size: int = PREVIEW_SIZE) -> list[tuple[Image.Image, str]]:
     """(preprocessed reference, caption) per upload, for a gallery."""
     images, names = load_references(files, remove_bg)
-    return [(preprocess_reference(image, size), f"{i + 1}: {name}") for i, (image, name) in enumerate(zip(images, names))]
+    return [
+        (preprocess_reference(image, size), f"{i + 1}: {name}") for i, (image, name) in enumerate(zip(images, names))
+    ]
 
 
 def parse_categories(text: str | None, count: int) -> list[str]:

@@ -10,7 +10,6 @@ from pathlib import Path
 from mosaic_studio.annotator.records import PointStatus, SampleStatus
 from mosaic_studio.annotator.store import ReviewStore
 from mosaic_studio.annotator.verify import cohens_kappa, error_report, format_stratum, observed_agreement
-
 from mosaic_studio.studio.store_files import resolve
 
 EXPORT_FORMAT = "mosaic-review-export"
@@ -25,23 +24,37 @@ def report_markdown(store: ReviewStore, sampled_only: bool = True) -> str:
     """A Markdown table of the error rates and the agreement line."""
     report = error_report(store.verdict_rows(sampled_only=sampled_only))
     scope = "stratified sample" if sampled_only else "all reviewed samples"
-    lines = [f"**Point error rate** = wrong / judged (unsure left out), Wilson 95% interval — {scope}", "",
-             "| stratum | samples | judged | wrong | unsure | error rate | 95% interval |", "|---|---|---|---|---|---|---|"]
-    rows = [(format_stratum(stratum), rate) for stratum, rate in report.strata.items()] + [("**overall**", report.overall)]
+    lines = [
+        f"**Point error rate** = wrong / judged (unsure left out), Wilson 95% interval — {scope}",
+        "",
+        "| stratum | samples | judged | wrong | unsure | error rate | 95% interval |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = [(format_stratum(stratum), rate) for stratum, rate in report.strata.items()] + [
+        ("**overall**", report.overall)
+    ]
     for label, rate in rows:
-        lines.append(f"| {label} | {rate.samples} | {rate.judged} | {rate.wrong} | {rate.unsure} | "
-                     f"{_percent(rate.rate)} | [{_percent(rate.low)}, {_percent(rate.high)}] |")
+        lines.append(
+            f"| {label} | {rate.samples} | {rate.judged} | {rate.wrong} | {rate.unsure} | "
+            f"{_percent(rate.rate)} | [{_percent(rate.low)}, {_percent(rate.high)}] |"
+        )
     pairs = store.verdict_pairs(sampled_only=sampled_only)
     if pairs:
         kappa = cohens_kappa(pairs)
         shown = "undefined (one label throughout)" if math.isnan(kappa) else f"{kappa:.3f}"
-        lines += ["", f"**Agreement** on {len(pairs)} doubly-judged points: Cohen's κ = {shown}, "
-                      f"observed agreement {_percent(observed_agreement(pairs))}"]
+        lines += [
+            "",
+            f"**Agreement** on {len(pairs)} doubly-judged points: Cohen's κ = {shown}, "
+            f"observed agreement {_percent(observed_agreement(pairs))}",
+        ]
     else:
         lines += ["", "**Agreement**: no point judged by two annotators yet (κ needs doubly-reviewed samples)"]
     stats = store.stats()
-    lines += ["", f"Store: {stats.samples} samples, {stats.in_sample} in the stratified sample "
-                  f"({stats.sampled_reviewed} reviewed), {stats.reviews} reviews, {stats.doubly_reviewed} doubly reviewed."]
+    lines += [
+        "",
+        f"Store: {stats.samples} samples, {stats.in_sample} in the stratified sample "
+        f"({stats.sampled_reviewed} reviewed), {stats.reviews} reviews, {stats.doubly_reviewed} doubly reviewed.",
+    ]
     return "\n".join(lines)
 
 
@@ -57,14 +70,22 @@ def export_accepted(store: ReviewStore, out_path: str | Path) -> tuple[Path, int
         if sample.status != SampleStatus.ACCEPTED:
             continue
         live = [p for p in sample.points if p.status != PointStatus.DELETED]
-        samples.append({
-            "sample_id": sample.sample_id, "caption": sample.caption, "version": sample.version,
-            "target": str(resolve(store.path, sample.target_path)),
-            "references": [{
-                "image": str(resolve(store.path, ref.image_path)), "category": ref.category,
-                "correspondences": [[*p.ref_xy, *p.target_xy] for p in live if p.ref_index == ref.index],
-            } for ref in sample.references],
-        })  # fmt: skip
+        samples.append(
+            {
+                "sample_id": sample.sample_id,
+                "caption": sample.caption,
+                "version": sample.version,
+                "target": str(resolve(store.path, sample.target_path)),
+                "references": [
+                    {
+                        "image": str(resolve(store.path, ref.image_path)),
+                        "category": ref.category,
+                        "correspondences": [[*p.ref_xy, *p.target_xy] for p in live if p.ref_index == ref.index],
+                    }
+                    for ref in sample.references
+                ],
+            }
+        )
     out_path = Path(out_path)
     payload = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, "store": str(store.path), "samples": samples}
     out_path.write_text(json.dumps(payload, indent=1, ensure_ascii=False))

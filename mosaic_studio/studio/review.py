@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field, replace
 
 from mosaic_studio.annotator.records import PointEdit, PointStatus, SampleRecord
-
 from mosaic_studio.studio.drawing import DrawnPair
 
 VERDICTS = ("correct", "wrong", "unsure")
@@ -54,8 +53,10 @@ class Draft:
     @classmethod
     def from_sample(cls, sample: SampleRecord) -> Draft:
         live = [p for p in sample.points if p.status != PointStatus.DELETED]
-        pairs = tuple(Pair(p.ref_index, tuple(p.ref_xy), tuple(p.target_xy), p.point_index,
-                           (tuple(p.ref_xy), tuple(p.target_xy))) for p in live)
+        pairs = tuple(
+            Pair(p.ref_index, tuple(p.ref_xy), tuple(p.target_xy), p.point_index, (tuple(p.ref_xy), tuple(p.target_xy)))
+            for p in live
+        )
         return cls(sample.sample_id, sample.version, len(sample.references), pairs, selected=1 if pairs else None)
 
     # --- reading ---
@@ -66,8 +67,11 @@ class Draft:
         return self.pairs[number - 1]
 
     def visible(self) -> list[DrawnPair]:
-        return [DrawnPair(i + 1, p.ref_index, p.ref_xy, p.target_xy, p.verdict)
-                for i, p in enumerate(self.pairs) if not p.deleted]
+        return [
+            DrawnPair(i + 1, p.ref_index, p.ref_xy, p.target_xy, p.verdict)
+            for i, p in enumerate(self.pairs)
+            if not p.deleted
+        ]
 
     def unjudged(self) -> list[int]:
         """Numbers of the pairs that still need a verdict."""
@@ -75,9 +79,14 @@ class Draft:
 
     def counts(self) -> dict[str, int]:
         live = [p for p in self.pairs if not p.deleted]
-        return {"pairs": len(live), "judged": sum(p.verdict is not None for p in self.pairs if not p.added),
-                "to judge": len(self.unjudged()), "moved": sum(p.moved and not p.deleted for p in self.pairs),
-                "deleted": sum(p.deleted and not p.added for p in self.pairs), "added": sum(p.added for p in live)}
+        return {
+            "pairs": len(live),
+            "judged": sum(p.verdict is not None for p in self.pairs if not p.added),
+            "to judge": len(self.unjudged()),
+            "moved": sum(p.moved and not p.deleted for p in self.pairs),
+            "deleted": sum(p.deleted and not p.added for p in self.pairs),
+            "added": sum(p.added for p in live),
+        }
 
     # --- actions: each returns a new draft ---
 
@@ -159,8 +168,10 @@ class Draft:
         missing = self.unjudged()
         if missing:
             listed = ", ".join(map(str, missing[:12])) + (" …" if len(missing) > 12 else "")
-            raise ValueError(f"{len(missing)} pair(s) still need a verdict: {listed}. "
-                             "Judge them (c / w / u) or press 'All remaining correct'.")
+            raise ValueError(
+                f"{len(missing)} pair(s) still need a verdict: {listed}. "
+                "Judge them (c / w / u) or press 'All remaining correct'."
+            )
         verdicts, edits = {}, []
         for p in self.pairs:
             if p.added:

@@ -1,7 +1,7 @@
 """What one browser session keeps between events: its latest generation.
 
-A `Generation` holds the images, the references as the model saw them (after the official
-preprocessing) and the attention recorded while generating, so the Attention tab answers a
+A `Generation` holds the images, the reference images as the model saw them (after the
+official preprocessing) and the attention recorded while generating, so the Attention tab answers a
 click by indexing stored maps, never by generating again.
 """
 
@@ -19,7 +19,7 @@ from mosaic_studio.mosaic.record import AttentionRecord
 class Generation:
     settings: dict  # prompt, seed, sizes, steps, … as written into the PNGs
     images: list[Image.Image]
-    references: list[Image.Image]  # preprocessed, reference_size × reference_size
+    reference_images: list[Image.Image]  # preprocessed, reference_size × reference_size
     categories: list[str]  # one tag per reference (the review store's strata)
     record: AttentionRecord | None  # None without references
     paths: list[str]  # the PNG files, with metadata
@@ -35,8 +35,9 @@ class Generation:
             raise ValueError("this generation recorded no attention (it had no references)")
         first, last = sorted((_index(first, "first block"), _index(last, "last block")))
         if last >= len(self.blocks):
-            raise ValueError(f"block {last} was not recorded; recorded: 0–{len(self.blocks) - 1} "
-                             f"({', '.join(self.blocks)})")
+            raise ValueError(
+                f"block {last} was not recorded; recorded: 0–{len(self.blocks) - 1} ({', '.join(self.blocks)})"
+            )
         return self.blocks[first : last + 1]
 
     def maps(self, first: int, last: int) -> torch.Tensor:

@@ -12,7 +12,9 @@ from mosaic_studio.train.trainer import NonFiniteLoss, train
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mosaic_studio.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m mosaic_studio.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help="YAML file with any of the config sections")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.max_steps=100")
     args = parser.parse_args(argv)

@@ -15,16 +15,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 
 from mosaic_studio import DEFAULT_MODEL_DIR
-from mosaic_studio.mosaic.tiny import BUILD_INFO, TinyFluxConfig, build_tiny_pipeline, replace_dir
-from mosaic_studio.train.config import CONFIGS_DIR, load_config
+from mosaic_studio.files import replace_dir_copy
+from mosaic_studio.mosaic.tiny import BUILD_INFO, TinyFluxConfig, build_tiny_pipeline
+from mosaic_studio.train.config import CONFIGS_DIR, STAGES, load_config
 from mosaic_studio.train.trainer import train
-
-STAGES = ("vae", "base", "lora")
 
 # The trained default's architecture. Sizing (see docs/TRAINING.md): a 4x VAE with FLUX's 2x2
 # packing gives 8 px per token, so a 128 px target is 16x16 = 256 tokens and a 64 px reference
@@ -48,8 +46,12 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", default="runs/default", help="where stage checkpoints and exports go")
     parser.add_argument("--out", default=str(DEFAULT_MODEL_DIR), help="final pipeline folder")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stop-after", choices=STAGES, default=STAGES[-1],
-                        help="train the stages up to this one and stop (no export to --out)")
+    parser.add_argument(
+        "--stop-after",
+        choices=STAGES,
+        default=STAGES[-1],
+        help="train the stages up to this one and stop (no export to --out)",
+    )
     parser.add_argument("overrides", nargs="*", help="stage:section.key=value, e.g. base:optim.max_steps=100")
     args = parser.parse_args(argv)
     runs = Path(args.runs)
@@ -62,9 +64,15 @@ def main(argv=None) -> None:
     pretrained = init
     for stage in STAGES:
         overrides = [o.split(":", 1)[1] for o in args.overrides if o.startswith(f"{stage}:")]
-        config = load_config(CONFIGS_DIR / f"default_{stage}.yaml", [
-            f"model.pretrained={pretrained}", f"run.output_dir={runs / stage}", f"data.seed={args.seed}", *overrides,
-        ])  # fmt: skip
+        config = load_config(
+            CONFIGS_DIR / f"default_{stage}.yaml",
+            [
+                f"model.pretrained={pretrained}",
+                f"run.output_dir={runs / stage}",
+                f"data.seed={args.seed}",
+                *overrides,
+            ],
+        )
         run_dir = Path(config.run.output_dir)
         if not (run_dir / "pipeline").is_dir():
             began = time.monotonic()
@@ -82,17 +90,14 @@ def main(argv=None) -> None:
 
 def write_build_info(out: Path, seed: int, timings: dict) -> None:
     """Provenance beside model_index.json: trained weights, not the random init's."""
-    info = {"builder": "mosaic_studio.train.build_default", "seed": seed, "architecture": dataclasses.asdict(DEFAULT_ARCHITECTURE),
-            "wall_minutes": timings, "stages": list(STAGES)}
+    info = {
+        "builder": "mosaic_studio.train.build_default",
+        "seed": seed,
+        "architecture": dataclasses.asdict(DEFAULT_ARCHITECTURE),
+        "wall_minutes": timings,
+        "stages": list(STAGES),
+    }
     (out / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-
-
-def replace_dir_copy(source: Path, destination: Path) -> None:
-    """Copy `source` next to `destination`, then swap it in atomically."""
-    staging = destination.with_name(f".{destination.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging, ignore=shutil.ignore_patterns(".*"))
-    replace_dir(staging, destination)
 
 
 if __name__ == "__main__":

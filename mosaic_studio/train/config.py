@@ -14,9 +14,15 @@ from typing import Any, get_type_hints
 import yaml
 
 from mosaic_studio import DEFAULT_MODEL_DIR
+from mosaic_studio.mosaic.probe import all_blocks, all_double_blocks, early_double_blocks
 
 STAGES = ("vae", "base", "lora")
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the shipped stage configs (default_*.yaml)
+LORA_CONFIG = (
+    CONFIGS_DIR / "default_lora.yaml"
+)  # the embedded default's LoRA stage: the ablation's and evaluation's reference
+# loss.blocks → the transformer blocks the Eq. 8 probe reads (training supervises them, evaluation measures them)
+PROBE_SITES = {"early": early_double_blocks, "double": all_double_blocks, "all": all_blocks}
 
 
 @dataclass

@@ -7,7 +7,6 @@ number of references K (the transformer takes one K per forward), drawn per batc
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mosaic_studio.mosaic.data.semalign import MAX_REFERENCES, Sample, load_sample, list_sample_dirs, pixel_to_token, sample_points, token_grid
+from mosaic_studio.mosaic.data.semalign import (
+    MAX_REFERENCES,
+    Sample,
+    SemAlignDataset,
+    pixel_to_token,
+    sample_points,
+    token_grid,
+)
 from mosaic_studio.train.config import DataConfig
 from mosaic_studio.world.synthetic import WorldConfig, generate_sample
 
@@ -69,7 +75,9 @@ def correspondence_indices(samples: list[Sample], points: int, token_size: int, 
     return tuple(torch.from_numpy(a) for a in (rows, tgt, ref, valid))
 
 
-def collate(samples: list[Sample], captions: list[str], points: int, token_size: int, rng, with_references: bool = True) -> Batch:
+def collate(
+    samples: list[Sample], captions: list[str], points: int, token_size: int, rng, with_references: bool = True
+) -> Batch:
     """Samples with the same K → a Batch; P_k = `points` correspondences per reference."""
     target = to_pixels([s.target for s in samples])
     if not with_references:
@@ -113,9 +121,12 @@ class BatchSource:
             return self.folder.sample(num_refs if self.with_references else None, rng)
         count = num_refs if self.with_references else None
         world = WorldConfig(
-            target_size=self.config.target_size, ref_size=self.config.ref_size, token_size=self.token_size,
-            min_subjects=count or self.config.min_subjects, max_subjects=count or self.config.max_subjects,
-        )  # fmt: skip
+            target_size=self.config.target_size,
+            ref_size=self.config.ref_size,
+            token_size=self.token_size,
+            min_subjects=count or self.config.min_subjects,
+            max_subjects=count or self.config.max_subjects,
+        )
         return generate_exact(self.config.seed, index, "train", world, count)
 
 
@@ -126,10 +137,10 @@ class FolderSamples:
         self.config = config
         if not Path(config.source).is_dir():
             raise ValueError(f"data.source {config.source!r} is neither 'synthetic' nor a dataset folder")
-        self.buckets: dict[int, list[Path]] = {}
-        for sample_dir in list_sample_dirs(config.source):
-            count = len(json.loads((sample_dir / "sample.json").read_text(encoding="utf-8"))["references"])
-            self.buckets.setdefault(count, []).append(sample_dir)
+        self.dataset = SemAlignDataset(config.source)
+        self.buckets: dict[int, list[int]] = {}  # reference count → sample indices
+        for index in range(len(self.dataset)):
+            self.buckets.setdefault(self.dataset.num_references(index), []).append(index)
         if not self.buckets:
             raise ValueError(f"no samples found under {config.source!r}")
 
@@ -138,7 +149,7 @@ class FolderSamples:
         if num_refs is not None and num_refs not in self.buckets:
             counts = [min(self.buckets, key=lambda c: abs(c - num_refs))]
         pool = self.buckets[int(rng.choice(counts))]
-        return resize_sample(load_sample(pool[int(rng.integers(len(pool)))]), self.config)
+        return resize_sample(self.dataset[pool[int(rng.integers(len(pool)))]], self.config)
 
 
 def _resize(image: np.ndarray, size: int) -> tuple[np.ndarray, float, float]:

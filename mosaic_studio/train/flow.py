@@ -1,8 +1,9 @@
-"""Rectified-flow training objective of FLUX (SPEC §3, L_diff), in the spirit of minRF.
+"""Rectified-flow training objective of FLUX (L_diff in Eq. 15, docs/DESIGN.md §4), in the spirit of minRF.
 
 x_t = (1 − t)·x_0 + t·ε and the model predicts the velocity ε − x_0. Timesteps are
 logit-normal, then shifted towards noise for larger images exactly as the FLUX scheduler shifts
-its sampling sigmas: mu grows linearly with the token count between two anchors.
+its sampling sigmas: mu grows linearly with the token count between two anchors
+(`mosaic.latents.resolution_shift`, the pipeline's own).
 """
 
 from __future__ import annotations
@@ -12,14 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-
-def resolution_shift(num_tokens: int, scheduler_config) -> float:
-    """mu of FLUX's dynamic shifting for an image of `num_tokens` latent tokens."""
-    get = scheduler_config.get
-    base_len, max_len = get("base_image_seq_len", 256), get("max_image_seq_len", 4096)
-    base_shift, max_shift = get("base_shift", 0.5), get("max_shift", 1.15)
-    slope = (max_shift - base_shift) / (max_len - base_len)
-    return num_tokens * slope + base_shift - slope * base_len
+from mosaic_studio.mosaic.latents import resolution_shift
 
 
 def sample_timesteps(batch: int, num_tokens: int, scheduler_config, generator: torch.Generator, mean=0.0, std=1.0):
@@ -34,5 +28,12 @@ def noisy_latents(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tor
     return (1 - t) * x0 + t * noise
 
 
-def flow_matching_loss(prediction: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(prediction.float(), (noise - x0).float())
+def flow_matching_loss(
+    prediction: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """L_diff: the squared error of the velocity prediction, its mean ("mean") or per sample, (B,) ("per_sample")."""
+    if reduction == "mean":
+        return F.mse_loss(prediction.float(), (noise - x0).float())
+    if reduction == "per_sample":
+        return F.mse_loss(prediction.float(), (noise - x0).float(), reduction="none").flatten(1).mean(1)
+    raise ValueError(f"reduction must be 'mean' or 'per_sample', got {reduction!r}")

@@ -1,8 +1,8 @@
 """What each training stage trains, its loss, and what it exports.
 
-  vae   the AutoencoderKL (the tiny default only; FLUX.1-dev ships its own)
-  base  text-to-image pretraining of the whole transformer, L_diff
-  lora  the MOSAIC reference LoRA on a frozen base, L = L_diff + α·L_SCA + β·L_MD (Eq. 15)
+vae   the AutoencoderKL (the tiny default only; FLUX.1-dev ships its own)
+base  text-to-image pretraining of the whole transformer, L_diff
+lora  the MOSAIC reference LoRA on a frozen base, L = L_diff + α·L_SCA + β·L_MD (Eq. 15)
 """
 
 from __future__ import annotations
@@ -13,31 +13,36 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mosaic_studio.mosaic.losses import mdl_loss_batch, scal_loss_batch
+from mosaic_studio.mosaic.latents import encode_latents
 from mosaic_studio.mosaic.lora import reference_lora_config
-from mosaic_studio.mosaic.probe import AttentionProbe, all_blocks, all_double_blocks, early_double_blocks
+from mosaic_studio.mosaic.lora_io import DEFAULT_ADAPTER
+from mosaic_studio.mosaic.losses import mdl_loss_batch, scal_loss_batch
+from mosaic_studio.mosaic.probe import AttentionProbe
 from mosaic_studio.mosaic.transformer import grid_position_ids, mosaic_forward, reference_position_ids
-from mosaic_studio.train.config import TrainConfig
+from mosaic_studio.train.config import PROBE_SITES, TrainConfig
 from mosaic_studio.train.data import Batch
 from mosaic_studio.train.flow import flow_matching_loss, noisy_latents, sample_timesteps
 
-PROBE_SITES = {"early": early_double_blocks, "double": all_double_blocks, "all": all_blocks}
 STATS_BATCHES = 8  # batches used to calibrate the VAE's latent shift and scale
+PER_SAMPLE_LOSS, PER_SAMPLE_T = (
+    "diffusion_per_sample",
+    "t_per_sample",
+)  # logs keys the trainer bins by noise level, not CSV columns
 
 
-def encode_pixels(pipe, pixels: torch.Tensor, generator=None):
-    """(N, 3, H, W) pixels → packed latent tokens (N, n, C) and their (rows, cols) grid.
-    Training samples the posterior (a little augmentation); inference uses its mean."""
-    vae = pipe.vae
-    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-    latents = dist.sample(generator) if generator is not None else dist.mode()
-    latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
-    n, c, h, w = latents.shape
-    return pipe._pack_latents(latents, n, c, h, w), (h // 2, w // 2)
+def per_sample_logs(prediction: torch.Tensor, f: dict) -> dict:
+    """The trainer's per-noise-level loss bins: each sample's L_diff and timestep, detached."""
+    with torch.no_grad():
+        return {
+            PER_SAMPLE_LOSS: flow_matching_loss(prediction, f["x0"], f["noise"], reduction="per_sample"),
+            PER_SAMPLE_T: f["t"].detach(),
+        }
 
 
 class Stage:
-    """Base: subclasses name the trainable module, compute the loss and export the result."""
+    """Base: subclasses name the trainable module, compute the loss and export the result.
+    `loss` returns (loss, logs): logs are detached tensors (the trainer syncs them to the host
+    at its log interval only), optionally with PER_SAMPLE_LOSS and PER_SAMPLE_T, (B,) each."""
 
     def __init__(self, config: TrainConfig):
         self.config = config
@@ -55,9 +60,11 @@ class Stage:
     def encode_text(self, pipe, captions):
         with torch.no_grad():
             return pipe.encode_prompt(
-                prompt=captions, prompt_2=None, device=pipe.transformer.device,
+                prompt=captions,
+                prompt_2=None,
+                device=pipe.transformer.device,
                 max_sequence_length=self.config.model.max_sequence_length,
-            )  # fmt: skip
+            )
 
 
 def copy_pipeline(source: str, out_dir: Path) -> None:
@@ -86,13 +93,15 @@ class VaeStage(Stage):
             reconstruction = F.mse_loss(recon, pixels) + F.l1_loss(recon, pixels)
             losses.append(reconstruction + self.config.loss.kl_weight * posterior.kl().mean())
         loss = torch.stack(losses).mean()
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
     def export(self, pipe, module, out_dir, source):
         """Calibrate shift/scale so latents are ~N(0, 1), as FLUX's VAE config does, then save."""
         with torch.no_grad():
             module.eval()
-            latents = torch.cat([module.encode(source.batch(i).target).latent_dist.mode() for i in range(STATS_BATCHES)])
+            latents = torch.cat(
+                [module.encode(source.batch(i).target).latent_dist.mode() for i in range(STATS_BATCHES)]
+            )
         module.register_to_config(shift_factor=latents.mean().item(), scaling_factor=1.0 / latents.std().item())
         copy_pipeline(self.config.model.pretrained, out_dir)
         module.save_pretrained(out_dir / "vae")
@@ -105,27 +114,45 @@ class BaseStage(Stage):
 
     def flow_inputs(self, pipe, batch, generator, t=None):
         """Everything a denoising forward needs; `t` fixes the timestep (evaluation)."""
-        with torch.no_grad():
-            x0, grid = encode_pixels(pipe, batch.target, generator)
+        x0, grid = encode_latents(pipe, batch.target, generator=generator)  # training samples the posterior
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         if t is None:
-            t = sample_timesteps(len(x0), x0.shape[1], pipe.scheduler.config, generator,
-                                 self.config.loss.logit_mean, self.config.loss.logit_std)  # fmt: skip
+            t = sample_timesteps(
+                len(x0),
+                x0.shape[1],
+                pipe.scheduler.config,
+                generator,
+                self.config.loss.logit_mean,
+                self.config.loss.logit_std,
+            )
         t = torch.as_tensor(t).expand(len(x0)).to(x0)
         prompt, pooled, text_ids = self.encode_text(pipe, batch.captions)
         guidance = torch.ones_like(t) if pipe.transformer.config.guidance_embeds else None  # as the authors train
-        return dict(x0=x0, noise=noise, t=t, grid=grid, prompt=prompt, pooled=pooled, text_ids=text_ids, guidance=guidance)
+        return dict(
+            x0=x0, noise=noise, t=t, grid=grid, prompt=prompt, pooled=pooled, text_ids=text_ids, guidance=guidance
+        )
 
-    def forward(self, module, f, references=None, reference_ids=None):
+    def forward(self, module, f, reference_latents=None, reference_ids=None):
         img_ids = grid_position_ids(*f["grid"], device=f["x0"].device, dtype=f["x0"].dtype)
         x_t = noisy_latents(f["x0"], f["noise"], f["t"])
-        return mosaic_forward(module, x_t, f["prompt"], f["pooled"], f["t"], img_ids, f["text_ids"],
-                              f["guidance"], references, reference_ids)  # fmt: skip
+        return mosaic_forward(
+            module,
+            x_t,
+            encoder_hidden_states=f["prompt"],
+            pooled_projections=f["pooled"],
+            timestep=f["t"],
+            img_ids=img_ids,
+            txt_ids=f["text_ids"],
+            guidance=f["guidance"],
+            reference_latents=reference_latents,
+            reference_ids=reference_ids,
+        )
 
     def loss(self, pipe, module, batch, generator, step):
         f = self.flow_inputs(pipe, batch, generator)
-        loss = flow_matching_loss(self.forward(module, f), f["x0"], f["noise"])
-        return loss, {"loss": loss.item(), "diffusion": loss.item()}
+        prediction = self.forward(module, f)
+        loss = flow_matching_loss(prediction, f["x0"], f["noise"])
+        return loss, {"loss": loss.detach(), "diffusion": loss.detach(), **per_sample_logs(prediction, f)}
 
     def export(self, pipe, module, out_dir, source):
         copy_pipeline(self.config.model.pretrained, out_dir)
@@ -133,7 +160,7 @@ class BaseStage(Stage):
 
 
 class LoraStage(BaseStage):
-    ADAPTER = "subject"
+    ADAPTER = DEFAULT_ADAPTER
 
     def trainable(self, pipe):
         transformer = pipe.transformer
@@ -157,22 +184,29 @@ class LoraStage(BaseStage):
         """Flow prediction with the batch's references; with `probe`, also the Eq. 8 rows of the
         batch's correspondence points, (B, K·P, N_tgt), on the configured blocks."""
         b, k = batch.references.shape[:2]
-        with torch.no_grad():
-            tokens, ref_grid = encode_pixels(pipe, batch.references.flatten(0, 1))
-        refs = tokens.reshape(b, k, *tokens.shape[1:])  # (B, K, N_ref, C)
-        ref_ids = reference_position_ids(k, *ref_grid, device=tokens.device, dtype=tokens.dtype)
+        latents, ref_grid = encode_latents(pipe, batch.references.flatten(0, 1))  # (B·K, N_ref, C), the mode
+        reference_latents = latents.reshape(b, k, *latents.shape[1:])  # (B, K, N_ref, C)
+        ref_ids = reference_position_ids(k, *ref_grid, device=latents.device, dtype=latents.dtype)
         if not probe:
-            return self.forward(module, f, refs, ref_ids), None
+            return self.forward(module, f, reference_latents, ref_ids), None
         recorder = AttentionProbe(batch.rows)
         with recorder.attached(module, PROBE_SITES[self.config.loss.blocks](module)):
-            prediction = self.forward(module, f, refs, ref_ids)
+            prediction = self.forward(module, f, reference_latents, ref_ids)
         return prediction, recorder.attention()
 
     def loss(self, pipe, module, batch, generator, step):
         f = self.flow_inputs(pipe, batch, generator)
         if batch.references is None:  # reference drop: a plain text-to-image sample
-            loss = flow_matching_loss(self.forward(module, f), f["x0"], f["noise"])
-            return loss, {"loss": loss.item(), "diffusion": loss.item(), "scal": 0.0, "mdl": 0.0}
+            prediction = self.forward(module, f)
+            loss = flow_matching_loss(prediction, f["x0"], f["noise"])
+            zero = torch.zeros((), device=loss.device)
+            return loss, {
+                "loss": loss.detach(),
+                "diffusion": loss.detach(),
+                "scal": zero,
+                "mdl": zero,
+                **per_sample_logs(prediction, f),
+            }
         k = batch.num_refs
         cfg = self.config.loss
         prediction, attention = self.predict(pipe, module, batch, f, probe=cfg.alpha > 0 or self.beta(step) > 0)
@@ -182,7 +216,13 @@ class LoraStage(BaseStage):
             scal = scal_loss_batch(attention, batch.tgt_index, batch.ref_index, k, batch.valid, cfg.scal_reduction)
             mdl = mdl_loss_batch(attention, batch.ref_index, k, batch.valid, cfg.divergence)
         loss = diffusion + cfg.alpha * scal + self.beta(step) * mdl
-        return loss, {"loss": loss.item(), "diffusion": diffusion.item(), "scal": scal.item(), "mdl": mdl.item()}
+        return loss, {
+            "loss": loss.detach(),
+            "diffusion": diffusion.detach(),
+            "scal": scal.detach(),
+            "mdl": mdl.detach(),
+            **per_sample_logs(prediction, f),
+        }
 
     def export(self, pipe, module, out_dir, source):
         copy_pipeline(self.config.model.pretrained, out_dir)

@@ -26,16 +26,51 @@ from tqdm.auto import tqdm
 from mosaic_studio.mosaic.pipeline import MosaicPipeline
 from mosaic_studio.train.config import TrainConfig, to_dict
 from mosaic_studio.train.data import BatchSource
-from mosaic_studio.train.stages import STAGE_CLASSES
+from mosaic_studio.train.stages import PER_SAMPLE_LOSS, PER_SAMPLE_T, STAGE_CLASSES
 
 CHECKPOINT_PREFIX = "step-"
 WEIGHTS_FILE = "model.safetensors"  # accelerate's name for the first prepared model
 SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine"}  # optim.schedule → diffusers' name
 _NOISE_SALT = 0x7E15E  # separates noise/timestep draws from the data streams
+LOSS_BINS = 10  # per-noise-level L_diff columns, as minRF's lossbin: bin i holds t in [i/10, (i+1)/10)
+LOSS_BIN_COLUMNS = tuple(f"loss_bin_{i}" for i in range(LOSS_BINS))
 
 
 class NonFiniteLoss(RuntimeError):
     """Training stopped because the loss is NaN or infinite; the last checkpoint is intact."""
+
+
+class LossBins:
+    """Per-sample L_diff summed by timestep bin on the device, over the steps since the last log
+    row: no host sync per step. Its state travels in checkpoints, so a resumed run's first row
+    covers the same steps as an uninterrupted run's."""
+
+    def __init__(self, device, state: dict | None = None):
+        self.sums = torch.zeros(LOSS_BINS, device=device)
+        self.counts = torch.zeros(LOSS_BINS, device=device)
+        if state:
+            self.sums.copy_(torch.tensor(state["sums"]))
+            self.counts.copy_(torch.tensor(state["counts"]))
+
+    def add(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        index = (t.float() * LOSS_BINS).long().clamp_(0, LOSS_BINS - 1).to(self.sums.device)
+        self.sums.index_add_(0, index, losses.float().to(self.sums.device))
+        self.counts.index_add_(0, index, torch.ones(len(index), device=self.sums.device))
+
+    def state(self) -> dict:
+        return {"sums": self.sums.tolist(), "counts": self.counts.tolist()}  # host sync (checkpoints only)
+
+    def row(self) -> dict:
+        """The bin columns of a log row, empty where no sample fell (host sync); starts a new interval."""
+        state = self.state()
+        self.sums.zero_()
+        self.counts.zero_()
+        return {c: (s / n if n else "") for c, s, n in zip(LOSS_BIN_COLUMNS, state["sums"], state["counts"])}
+
+
+def _to_host(logs: dict) -> dict:
+    """A step's logs (0-dim tensors on the device) as floats, in one host sync."""
+    return dict(zip(logs, torch.stack(list(logs.values())).tolist())) if logs else {}
 
 
 class StageModel(torch.nn.Module):
@@ -73,19 +108,23 @@ def _install_checkpoint_hooks(accelerator: Accelerator, model: StageModel) -> No
             state = load_file(str(Path(input_dir) / WEIGHTS_FILE))
             missing, unexpected = target.load_state_dict(state, strict=False)
             if unexpected or names & set(missing):
-                raise RuntimeError(f"checkpoint {input_dir} does not match the model: missing {sorted(names & set(missing))[:5]}, unexpected {unexpected[:5]}")
+                raise RuntimeError(
+                    f"checkpoint {input_dir} does not match the model: "
+                    f"missing {sorted(names & set(missing))[:5]}, unexpected {unexpected[:5]}"
+                )
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def _save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int) -> None:
-    """Write to a temporary folder, then rename: a crash never leaves a half checkpoint."""
+def _save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int, extra: dict | None = None) -> None:
+    """Write to a temporary folder, then rename: a crash never leaves a half checkpoint. `extra`
+    goes into step.json beside the step."""
     final = out / "checkpoints" / f"{CHECKPOINT_PREFIX}{step}"
     partial = final.with_name(final.name + ".partial")
     accelerator.save_state(str(partial))
     if accelerator.is_main_process:
-        (partial / "step.json").write_text(json.dumps({"step": step}))
+        (partial / "step.json").write_text(json.dumps({"step": step, **(extra or {})}))
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
         for old in checkpoints(out)[:-keep]:
@@ -113,38 +152,73 @@ def train(config: TrainConfig) -> Path:
 
     stage = STAGE_CLASSES[config.stage](config)
     model = StageModel(stage, pipe, stage.trainable(pipe))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.optim.lr, weight_decay=config.optim.weight_decay)
-    scheduler = get_scheduler(SCHEDULES[config.optim.schedule], optimizer, num_warmup_steps=config.optim.warmup_steps,
-                              num_training_steps=config.optim.max_steps)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.optim.lr, weight_decay=config.optim.weight_decay
+    )
+    scheduler = get_scheduler(
+        SCHEDULES[config.optim.schedule],
+        optimizer,
+        num_warmup_steps=config.optim.warmup_steps,
+        num_training_steps=config.optim.max_steps,
+    )
     _install_checkpoint_hooks(accelerator, model)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    start = 0
+    start, resumed = 0, {}
     if checkpoints(out):
         latest = checkpoints(out)[-1]
         accelerator.load_state(str(latest))
-        start = json.loads((latest / "step.json").read_text())["step"]
+        resumed = json.loads((latest / "step.json").read_text())
+        start = resumed["step"]
         accelerator.print(f"resuming {config.stage} from {latest} (step {start})")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(to_dict(config), indent=2))
 
-    token_size = pipe.vae_scale_factor * 2
-    source = BatchSource(config.data, config.optim.batch_size, token_size, with_references=config.stage != "base", points=config.loss.points_per_reference)
+    token_size = pipe.pixels_per_token
+    source = BatchSource(
+        config.data,
+        config.optim.batch_size,
+        token_size,
+        with_references=config.stage != "base",
+        points=config.loss.points_per_reference,
+    )
     log_path = out / "log.csv"
     if accelerator.is_main_process:
         _truncate_log(log_path, start)  # rows written after the checkpoint we resume from
+    bins = LossBins(accelerator.device, resumed.get("loss_bins"))
+    # Losses the host has not checked yet: finiteness is checked at log steps and before every
+    # checkpoint, so a NaN trains on for at most log_every steps and never reaches a checkpoint.
+    unchecked: list[tuple[int, torch.Tensor, dict]] = []
+
+    def check_finite() -> None:
+        values = torch.stack([loss for _, loss, _ in unchecked]).tolist() if unchecked else []  # host sync
+        for (bad_step, _, bad_logs), value in zip(unchecked, values):
+            if not math.isfinite(value):
+                last = checkpoints(out)[-1].name if checkpoints(out) else "none yet"
+                raise NonFiniteLoss(
+                    f"{config.stage} loss is {value} at step {bad_step} ({_to_host(bad_logs)}); "
+                    f"last good checkpoint: {last}. Lower optim.lr or check the data."
+                )
+        unchecked.clear()
+
     began = time.monotonic()
     step = start
-    progress = tqdm(total=config.optim.max_steps, initial=start, desc=config.stage, disable=not accelerator.is_main_process)
+    progress = tqdm(
+        total=config.optim.max_steps, initial=start, desc=config.stage, disable=not accelerator.is_main_process
+    )
     for step in range(start, config.optim.max_steps):
         batch = source.batch(step, accelerator.process_index, accelerator.num_processes)
         generator = torch.Generator().manual_seed(_step_seed(config.data.seed, step, accelerator.process_index))
         with accelerator.autocast():
             loss, logs = model(batch, generator, step)
-        if not math.isfinite(loss.item()):
-            last = checkpoints(out)[-1].name if checkpoints(out) else "none yet"
-            raise NonFiniteLoss(f"{config.stage} loss is {loss.item()} at step {step} ({logs}); last good checkpoint: {last}. Lower optim.lr or check the data.")
+        per_sample, t = logs.pop(PER_SAMPLE_LOSS, None), logs.pop(PER_SAMPLE_T, None)
+        if per_sample is not None:
+            bins.add(t, per_sample)
+        unchecked.append((step, loss.detach(), logs))
+        log_step = step % config.run.log_every == 0 or step == config.optim.max_steps - 1
+        if log_step:
+            check_finite()  # before backward: a NaN found here never updates the weights
         accelerator.backward(loss)
         if accelerator.sync_gradients and config.optim.grad_clip > 0:
             accelerator.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
@@ -152,15 +226,29 @@ def train(config: TrainConfig) -> Path:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         progress.update()
-        progress.set_postfix(loss=f"{logs['loss']:.4f}")
-        if accelerator.is_main_process and (step % config.run.log_every == 0 or step == config.optim.max_steps - 1):
-            _append_log(log_path, {"step": step, "lr": scheduler.get_last_lr()[0], "seconds": round(time.monotonic() - began, 2), **logs})
+        if log_step:  # the hot loop's only host sync besides check_finite: once per log_every steps
+            values, binned = _to_host(logs), bins.row()
+            progress.set_postfix(loss=f"{values['loss']:.4f}")
+            if accelerator.is_main_process:
+                _append_log(
+                    log_path,
+                    {
+                        "step": step,
+                        "lr": scheduler.get_last_lr()[0],
+                        "seconds": round(time.monotonic() - began, 2),
+                        **values,
+                        **binned,
+                    },
+                )
         done = step + 1
         out_of_time = config.run.max_minutes > 0 and time.monotonic() - began > 60 * config.run.max_minutes
         if done % config.run.checkpoint_every == 0 or done == config.optim.max_steps or out_of_time:
-            _save_checkpoint(accelerator, out, done, config.run.keep_checkpoints)
+            check_finite()  # a checkpoint is never written after a non-finite step
+            _save_checkpoint(accelerator, out, done, config.run.keep_checkpoints, {"loss_bins": bins.state()})
         if out_of_time:
-            accelerator.print(f"wall-time budget of {config.run.max_minutes} min reached at step {done}; checkpoint saved")
+            accelerator.print(
+                f"wall-time budget of {config.run.max_minutes} min reached at step {done}; checkpoint saved"
+            )
             break
     progress.close()
 
@@ -176,13 +264,15 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
 
 
 def _truncate_log(path: Path, start: int) -> None:
+    """Keep the rows before `start`; rows of a log written before the loss bins existed get empty
+    bin columns, so every row has the columns the resumed run appends (DictWriter fieldnames)."""
     if not path.exists():
         return
     with path.open(newline="") as handle:
         rows = [row for row in csv.DictReader(handle) if int(row["step"]) < start]
     path.unlink()
     for row in rows:
-        _append_log(path, row)
+        _append_log(path, {**row, **{c: row.get(c, "") for c in LOSS_BIN_COLUMNS}})
 
 
 def _append_log(path: Path, row: dict) -> None:

@@ -31,10 +31,17 @@ KINDS = {
 # Coarse colour names used in captions, with their base RGB. No near-white colour: references
 # are drawn on white, and the official preprocessing treats white as background.
 COLOURS = {
-    "red": (200, 40, 40), "orange": (235, 130, 30), "yellow": (230, 200, 40),
-    "green": (50, 160, 60), "teal": (30, 150, 150), "blue": (40, 80, 200),
-    "purple": (130, 60, 170), "pink": (235, 120, 170), "brown": (130, 80, 40),
-    "gray": (128, 128, 128), "black": (35, 35, 35),
+    "red": (200, 40, 40),
+    "orange": (235, 130, 30),
+    "yellow": (230, 200, 40),
+    "green": (50, 160, 60),
+    "teal": (30, 150, 150),
+    "blue": (40, 80, 200),
+    "purple": (130, 60, 170),
+    "pink": (235, 120, 170),
+    "brown": (130, 80, 40),
+    "gray": (128, 128, 128),
+    "black": (35, 35, 35),
 }
 COLOUR_JITTER = 18  # +- per channel: identities of one coarse colour still differ
 PATTERNS = ("plain", "stripes", "dots", "checks")
@@ -121,54 +128,72 @@ def _silhouette(kind: str, j) -> list[Part]:
     E, B, C, P, R = "ellipse", "box", "capsule", "polygon", "ring"
     if kind == "person":
         arm_y = -0.75 * j()  # one arm raised, the other down: the figure is not symmetric
-        return [Part(B, (0, -0.15, 0.26 * j(), 0.36 * j(), 0.08), MAIN),
-                Part(E, (0, -0.74, 0.19 * j(), 0.21 * j()), ACCENT),
-                Part(C, (0.24, -0.42, 0.48 * j(), arm_y, 0.07), MAIN),
-                Part(C, (-0.24, -0.42, -0.4 * j(), 0.15, 0.07), MAIN),
-                Part(C, (0.12, 0.18, 0.14, 0.92 * j(), 0.08 * j()), ACCENT),
-                Part(C, (-0.12, 0.18, -0.14, 0.92 * j(), 0.08 * j()), ACCENT)]
+        return [
+            Part(B, (0, -0.15, 0.26 * j(), 0.36 * j(), 0.08), MAIN),
+            Part(E, (0, -0.74, 0.19 * j(), 0.21 * j()), ACCENT),
+            Part(C, (0.24, -0.42, 0.48 * j(), arm_y, 0.07), MAIN),
+            Part(C, (-0.24, -0.42, -0.4 * j(), 0.15, 0.07), MAIN),
+            Part(C, (0.12, 0.18, 0.14, 0.92 * j(), 0.08 * j()), ACCENT),
+            Part(C, (-0.12, 0.18, -0.14, 0.92 * j(), 0.08 * j()), ACCENT),
+        ]
     if kind == "robed figure":
         hem = 0.45 * j()
-        return [Part(P, ((-0.2, -0.5), (0.2, -0.5), (hem, 0.92), (-hem, 0.92)), MAIN),
-                Part(E, (0, -0.72, 0.18 * j(), 0.2 * j()), ACCENT),
-                Part(P, ((-0.2, -0.82), (0.2, -0.82), (0.05 * j(), -1.0)), ACCENT),  # hat
-                Part(C, (0.18, -0.4, 0.5 * j(), -0.1 * j(), 0.07), MAIN)]
+        return [
+            Part(P, ((-0.2, -0.5), (0.2, -0.5), (hem, 0.92), (-hem, 0.92)), MAIN),
+            Part(E, (0, -0.72, 0.18 * j(), 0.2 * j()), ACCENT),
+            Part(P, ((-0.2, -0.82), (0.2, -0.82), (0.05 * j(), -1.0)), ACCENT),  # hat
+            Part(C, (0.18, -0.4, 0.5 * j(), -0.1 * j(), 0.07), MAIN),
+        ]
     if kind == "quadruped":
-        return [Part(E, (-0.05, 0.0, 0.6 * j(), 0.3 * j()), MAIN),
-                Part(E, (0.62, -0.32, 0.22 * j(), 0.2 * j()), MAIN),
-                Part(P, ((0.52, -0.45), (0.62, -0.45), (0.55, -0.68 * j())), ACCENT),
-                Part(C, (-0.6, -0.1, -0.92 * j(), -0.45 * j(), 0.05), ACCENT),
-                *[Part(C, (lx, 0.15, lx, 0.68 * j(), 0.07), ACCENT) for lx in (-0.45, -0.25, 0.2, 0.4)]]
+        return [
+            Part(E, (-0.05, 0.0, 0.6 * j(), 0.3 * j()), MAIN),
+            Part(E, (0.62, -0.32, 0.22 * j(), 0.2 * j()), MAIN),
+            Part(P, ((0.52, -0.45), (0.62, -0.45), (0.55, -0.68 * j())), ACCENT),
+            Part(C, (-0.6, -0.1, -0.92 * j(), -0.45 * j(), 0.05), ACCENT),
+            *[Part(C, (lx, 0.15, lx, 0.68 * j(), 0.07), ACCENT) for lx in (-0.45, -0.25, 0.2, 0.4)],
+        ]
     if kind == "bird":
-        return [Part(E, (0, 0, 0.5 * j(), 0.32 * j()), MAIN),
-                Part(E, (0.45, -0.38, 0.2 * j(), 0.19 * j()), MAIN),
-                Part(P, ((0.6, -0.43), (0.9 * j(), -0.36), (0.6, -0.3)), ACCENT),
-                Part(E, (-0.08, -0.05, 0.3 * j(), 0.15 * j()), ACCENT),  # wing
-                Part(P, ((-0.45, -0.05), (-0.95 * j(), -0.3), (-0.9 * j(), 0.15)), ACCENT),
-                Part(C, (0.05, 0.3, 0.0, 0.7 * j(), 0.035), ACCENT),
-                Part(C, (-0.15, 0.3, -0.2, 0.7 * j(), 0.035), ACCENT)]
+        return [
+            Part(E, (0, 0, 0.5 * j(), 0.32 * j()), MAIN),
+            Part(E, (0.45, -0.38, 0.2 * j(), 0.19 * j()), MAIN),
+            Part(P, ((0.6, -0.43), (0.9 * j(), -0.36), (0.6, -0.3)), ACCENT),
+            Part(E, (-0.08, -0.05, 0.3 * j(), 0.15 * j()), ACCENT),  # wing
+            Part(P, ((-0.45, -0.05), (-0.95 * j(), -0.3), (-0.9 * j(), 0.15)), ACCENT),
+            Part(C, (0.05, 0.3, 0.0, 0.7 * j(), 0.035), ACCENT),
+            Part(C, (-0.15, 0.3, -0.2, 0.7 * j(), 0.035), ACCENT),
+        ]
     if kind == "fish":
-        return [Part(E, (0.1, 0, 0.65 * j(), 0.35 * j()), MAIN),
-                Part(P, ((-0.45, 0), (-0.95, -0.4 * j()), (-0.95, 0.4 * j())), ACCENT),
-                Part(P, ((-0.1, -0.3), (0.3, -0.3), (0.0, -0.6 * j())), ACCENT),
-                Part(E, (0.5, -0.08, 0.06, 0.06), ACCENT)]  # eye
+        return [
+            Part(E, (0.1, 0, 0.65 * j(), 0.35 * j()), MAIN),
+            Part(P, ((-0.45, 0), (-0.95, -0.4 * j()), (-0.95, 0.4 * j())), ACCENT),
+            Part(P, ((-0.1, -0.3), (0.3, -0.3), (0.0, -0.6 * j())), ACCENT),
+            Part(E, (0.5, -0.08, 0.06, 0.06), ACCENT),
+        ]  # eye
     if kind == "vase":
-        return [Part(E, (0, 0.25, 0.5 * j(), 0.62 * j()), MAIN),
-                Part(B, (0, -0.45, 0.17 * j(), 0.32, 0.05), MAIN),
-                Part(B, (0, -0.8, 0.28 * j(), 0.07, 0.03), ACCENT)]
+        return [
+            Part(E, (0, 0.25, 0.5 * j(), 0.62 * j()), MAIN),
+            Part(B, (0, -0.45, 0.17 * j(), 0.32, 0.05), MAIN),
+            Part(B, (0, -0.8, 0.28 * j(), 0.07, 0.03), ACCENT),
+        ]
     if kind == "mug":
-        return [Part(B, (-0.12, 0.05, 0.5 * j(), 0.68 * j(), 0.1), MAIN),
-                Part(R, (0.42, 0.05, 0.34 * j(), 0.2), ACCENT),
-                Part(B, (-0.12, -0.62, 0.52, 0.07, 0.03), ACCENT)]
+        return [
+            Part(B, (-0.12, 0.05, 0.5 * j(), 0.68 * j(), 0.1), MAIN),
+            Part(R, (0.42, 0.05, 0.34 * j(), 0.2), ACCENT),
+            Part(B, (-0.12, -0.62, 0.52, 0.07, 0.03), ACCENT),
+        ]
     if kind == "lamp":
         top = -0.95 * j()
-        return [Part(P, ((-0.25, top), (0.25, top), (0.55 * j(), -0.2), (-0.55 * j(), -0.2)), MAIN),
-                Part(C, (0, -0.2, 0, 0.75, 0.06), ACCENT),
-                Part(B, (0.08, 0.82, 0.42 * j(), 0.1, 0.04), ACCENT)]
+        return [
+            Part(P, ((-0.25, top), (0.25, top), (0.55 * j(), -0.2), (-0.55 * j(), -0.2)), MAIN),
+            Part(C, (0, -0.2, 0, 0.75, 0.06), ACCENT),
+            Part(B, (0.08, 0.82, 0.42 * j(), 0.1, 0.04), ACCENT),
+        ]
     if kind == "chest":
-        return [Part(B, (0, 0.15, 0.8 * j(), 0.45 * j(), 0.06), MAIN),
-                Part(B, (0, -0.42, 0.84, 0.16 * j(), 0.06), ACCENT),
-                Part(B, (0.55, 0.2, 0.08, 0.12, 0.02), ACCENT)]  # latch, off-centre
+        return [
+            Part(B, (0, 0.15, 0.8 * j(), 0.45 * j(), 0.06), MAIN),
+            Part(B, (0, -0.42, 0.84, 0.16 * j(), 0.06), ACCENT),
+            Part(B, (0.55, 0.2, 0.08, 0.12, 0.02), ACCENT),
+        ]  # latch, off-centre
     raise ValueError(f"unknown kind {kind!r}")
 
 
@@ -188,8 +213,9 @@ def make_identity(identity_id: int) -> Identity:
     parts = _silhouette(kind, lambda: float(rng.uniform(*PART_JITTER)))
     main_name, accent_name, detail_name = rng.choice(list(COLOURS), size=3, replace=False)
     accent = _colour(rng, accent_name)  # the pattern is painted in the accent colour too
-    palette = np.stack([np.zeros(3, np.uint8), _colour(rng, main_name), accent, accent,
-                        _colour(rng, detail_name)])  # rows: NONE, MAIN, ACCENT, PATTERN, DETAIL
+    palette = np.stack(
+        [np.zeros(3, np.uint8), _colour(rng, main_name), accent, accent, _colour(rng, detail_name)]
+    )  # rows: NONE, MAIN, ACCENT, PATTERN, DETAIL
     pattern = PATTERNS[rng.integers(len(PATTERNS))]
     period = float(rng.uniform(*PATTERN_PERIOD))
     pattern_params = (float(rng.uniform(0, math.pi)), period, period * float(rng.uniform(*DOT_RADIUS)))
@@ -208,8 +234,19 @@ def make_identity(identity_id: int) -> Identity:
     palette.flags.writeable = False  # identities are cached and shared: keep them immutable
     boxes = np.array([_bounds(p) for p in parts])
     bounds = (*boxes[:, :2].min(axis=0).tolist(), *boxes[:, 2:].max(axis=0).tolist())
-    return Identity(identity_id, family, kind, tuple(parts), str(main_name), str(accent_name), palette,
-                    pattern, pattern_params, detail, tuple(bounds))
+    return Identity(
+        identity_id,
+        family,
+        kind,
+        tuple(parts),
+        str(main_name),
+        str(accent_name),
+        palette,
+        pattern,
+        pattern_params,
+        detail,
+        tuple(bounds),
+    )
 
 
 def _pattern_mask(identity: Identity, x: np.ndarray, y: np.ndarray) -> np.ndarray:

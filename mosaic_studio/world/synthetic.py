@@ -14,8 +14,8 @@ placement is also retried while any subject would own no token at all.
 References show each subject alone and upright on white, cropped to its box and scaled so the
 longer side fills REFERENCE_FILL of a square `ref_size` canvas: the official preprocessing,
 done analytically. Correspondences start from visible target pixels (centres, so v is in the
-mask by construction and covers the visible region evenly) in tokens the subject owns, go back through the inverse of the
-subject's target transform to the subject-local point, then forward through its reference
+mask by construction and covers the visible region evenly) in tokens the subject owns, go back
+through the inverse of the subject's target transform to the subject-local point, then forward through its reference
 transform to u: u and v are the same local point, exactly. Both transforms are in
 `sample.meta["subjects"]` (aligned with the references) so anyone can re-check that.
 
@@ -35,13 +35,21 @@ import functools
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
+from mosaic_studio.mosaic.data.semalign import (
+    DEFAULT_TOKEN_SIZE,
+    MAX_REFERENCES,
+    Reference,
+    Sample,
+    check_manifest,
+    list_sample_dirs,
+    remove_partial_writes,
+    save_sample,
+    token_grid,
+)
 from mosaic_studio.mosaic.images import REFERENCE_FILL
-from mosaic_studio.mosaic.data.semalign import (DEFAULT_TOKEN_SIZE, MAX_REFERENCES, Reference, Sample, check_manifest, list_sample_dirs,
-                             remove_partial_writes, save_sample, token_grid)
 from mosaic_studio.world.shapes import Identity, identity_split, make_identity, shade
 
 SPLITS = ("train", "heldout")
@@ -58,8 +66,12 @@ MIN_VISIBLE_FRACTION = 0.45  # of a subject's own area, after all later subjects
 MIN_VISIBLE_AREA = 0.004  # of the target area: no sliver-sized subject survives occlusion
 PLACEMENT_TRIES = 16
 MAX_IDENTITY_DRAWS = 100_000  # an identity pool with too few ids of a split fails loudly
-BACKGROUNDS = {"solid": "a plain background", "gradient": "a gradient background",
-               "stripes": "a striped background", "checks": "a checked background"}
+BACKGROUNDS = {
+    "solid": "a plain background",
+    "gradient": "a gradient background",
+    "stripes": "a striped background",
+    "checks": "a checked background",
+}
 BACKGROUND_LEVELS = (70, 235)  # background colour channels: mid to light, never pure white
 TEXTURE_CONTRAST = 22  # +- per channel between the two tones of a striped/checked background
 TEXTURE_PERIOD = (0.05, 0.15)  # of the target side
@@ -109,8 +121,7 @@ def _to_local(matrix: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndar
 
 
 def _apply(matrix: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return (matrix[0, 0] * x + matrix[0, 1] * y + matrix[0, 2],
-            matrix[1, 0] * x + matrix[1, 1] * y + matrix[1, 2])
+    return (matrix[0, 0] * x + matrix[0, 1] * y + matrix[0, 2], matrix[1, 0] * x + matrix[1, 1] * y + matrix[1, 2])
 
 
 def _local_box(identity: Identity) -> tuple[np.ndarray, float]:
@@ -121,7 +132,7 @@ def _local_box(identity: Identity) -> tuple[np.ndarray, float]:
 def _place(rng: np.random.Generator, identity: Identity, size: int, crowd: int) -> _Placement:
     """Random scale, rotation, flip and position, then the subject shaded over its box."""
     centre, extent = _local_box(identity)
-    scale = rng.uniform(*SUBJECT_SIZE) * crowd ** -CROWDING_EXPONENT * size / extent
+    scale = rng.uniform(*SUBJECT_SIZE) * crowd**-CROWDING_EXPONENT * size / extent
     rotation = float(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))
     flipped = bool(rng.random() < FLIP_PROBABILITY)
     c, s = math.cos(math.radians(rotation)), math.sin(math.radians(rotation))
@@ -207,8 +218,7 @@ def _reference(identity: Identity, ref_size: int) -> tuple[np.ndarray, np.ndarra
     """The subject alone on white, padded as the official preprocessing; and its affine."""
     centre, extent = _local_box(identity)
     scale = REFERENCE_FILL * ref_size / extent
-    matrix = np.array([[scale, 0.0, ref_size / 2 - scale * centre[0]],
-                       [0.0, scale, ref_size / 2 - scale * centre[1]]])
+    matrix = np.array([[scale, 0.0, ref_size / 2 - scale * centre[0]], [0.0, scale, ref_size / 2 - scale * centre[1]]])
     covered, colour = shade(identity, *_to_local(matrix, *_pixel_centres(0, 0, ref_size, ref_size)))
     image = np.full((ref_size, ref_size, 3), 255, dtype=np.uint8)
     image[covered] = colour[covered]
@@ -277,49 +287,80 @@ def generate_sample(seed: int, index: int, split: str = "train", config: WorldCo
             rows, cols = rows[keep], cols[keep]
         vx, vy = cols + 0.5, rows + 0.5  # visible pixel centres in the target
         ux, uy = _apply(ref_matrix, *_to_local(p.matrix, vx, vy))  # same local point in the reference
-        references.append(Reference(image, mask, np.stack([ux, uy], 1), np.stack([vx, vy], 1),
-                                    p.identity.family, p.identity.kind))
-        subjects.append({"identity": p.identity.identity_id, "kind": p.identity.kind, "colour": p.identity.main_name,
-                         "draw_order": k, "flipped": p.flipped, "rotation_deg": p.rotation_deg,
-                         "local_to_target": p.matrix.tolist(), "local_to_reference": ref_matrix.tolist()})
-    meta = {"generator": "mosaic_studio.world.synthetic", "generator_version": GENERATOR_VERSION, "seed": seed, "split": split,
-            "index": index, "background": background, "subjects": subjects}
+        references.append(
+            Reference(image, mask, np.stack([ux, uy], 1), np.stack([vx, vy], 1), p.identity.family, p.identity.kind)
+        )
+        subjects.append(
+            {
+                "identity": p.identity.identity_id,
+                "kind": p.identity.kind,
+                "colour": p.identity.main_name,
+                "draw_order": k,
+                "flipped": p.flipped,
+                "rotation_deg": p.rotation_deg,
+                "local_to_target": p.matrix.tolist(),
+                "local_to_reference": ref_matrix.tolist(),
+            }
+        )
+    meta = {
+        "generator": "mosaic_studio.world.synthetic",
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "split": split,
+        "index": index,
+        "background": background,
+        "subjects": subjects,
+    }
     caption = _caption([make_identity(s["identity"]) for s in subjects], background)
     return Sample(sample_id(seed, split, index), target, caption, references, True, meta)
-
-
-def generate_samples(num: int, seed: int, split: str = "train", config: WorldConfig = WorldConfig(),
-                     start: int = 0) -> Iterator[Sample]:
-    """Samples start, start+1, ... start+num-1 of the world (seed, split)."""
-    return (generate_sample(seed, index, split, config) for index in range(start, start + num))
 
 
 def main(argv: list[str] | None = None) -> None:
     from tqdm import tqdm
 
-    parser = argparse.ArgumentParser(prog="python -m mosaic_studio.world.synthetic", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mosaic_studio.world.synthetic", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=Path, required=True, help="dataset folder (created; resumable)")
     parser.add_argument("--num", type=int, required=True, help="number of samples in the dataset")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", choices=SPLITS, default="train")
     defaults = WorldConfig()
-    for name in ("target_size", "ref_size", "min_subjects", "max_subjects", "points_per_subject", "identity_pool",
-                 "token_size"):
+    for name in (
+        "target_size",
+        "ref_size",
+        "min_subjects",
+        "max_subjects",
+        "points_per_subject",
+        "identity_pool",
+        "token_size",
+    ):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     args = parser.parse_args(argv)
-    config = WorldConfig(args.target_size, args.ref_size, args.min_subjects, args.max_subjects,
-                         args.points_per_subject, args.identity_pool, args.token_size)
+    config = WorldConfig(
+        args.target_size,
+        args.ref_size,
+        args.min_subjects,
+        args.max_subjects,
+        args.points_per_subject,
+        args.identity_pool,
+        args.token_size,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     try:
-        check_manifest(args.out / MANIFEST, {"generator_version": GENERATOR_VERSION, "seed": args.seed,
-                                             "split": args.split, "config": asdict(config)})
+        check_manifest(
+            args.out / MANIFEST,
+            {"generator_version": GENERATOR_VERSION, "seed": args.seed, "split": args.split, "config": asdict(config)},
+        )
     except ValueError as error:
         raise SystemExit(str(error)) from None
     removed = remove_partial_writes(args.out)  # leftovers of an interrupted run
     done = {path.name for path in list_sample_dirs(args.out)}
     todo = [i for i in range(args.num) if sample_id(args.seed, args.split, i) not in done]
-    print(f"{args.out}: {args.num - len(todo)} samples present, {len(todo)} to write"
-          + (f", removed {removed} partial writes" if removed else ""))
+    print(
+        f"{args.out}: {args.num - len(todo)} samples present, {len(todo)} to write"
+        + (f", removed {removed} partial writes" if removed else "")
+    )
     for index in tqdm(todo, desc="samples", unit="sample"):
         sample = generate_sample(args.seed, index, args.split, config)
         save_sample(sample, args.out / sample.sample_id, token_size=config.token_size)

@@ -1,9 +1,11 @@
-"""Draw the bundled example references and write `examples.json`: `python mosaic_studio/assets/examples/make_examples.py`.
+"""Draw the bundled example references and write `examples.json`:
+
+    python mosaic_studio/assets/examples/make_examples.py
 
 Each subject is a few PIL primitives in a main and an accent colour on white, drawn at 4x and
 downsampled (antialiased edges). The kinds, colour names and caption style follow the synthetic
-world the embedded model is trained on (mosaic_studio/world/shapes.py, mosaic_studio/world/synthetic.py), so the examples
-are in its domain. Deterministic: no randomness, same bytes on every run with the same Pillow.
+world the embedded model is trained on (mosaic_studio/world/shapes.py and synthetic.py), so the
+examples are in its domain. Deterministic: no randomness, same bytes on every run with the same Pillow.
 """
 
 from __future__ import annotations
@@ -19,9 +21,16 @@ SUPERSAMPLE = 4  # drawn at 4x, then downsampled
 WHITE = (255, 255, 255)
 
 COLOURS = {
-    "red": (200, 40, 40), "orange": (235, 130, 30), "yellow": (230, 200, 40), "green": (50, 160, 60),
-    "teal": (30, 150, 150), "blue": (40, 80, 200), "purple": (130, 60, 170), "brown": (130, 80, 40),
-    "black": (35, 35, 35), "pink": (235, 120, 170),
+    "red": (200, 40, 40),
+    "orange": (235, 130, 30),
+    "yellow": (230, 200, 40),
+    "green": (50, 160, 60),
+    "teal": (30, 150, 150),
+    "blue": (40, 80, 200),
+    "purple": (130, 60, 170),
+    "brown": (130, 80, 40),
+    "black": (35, 35, 35),
+    "pink": (235, 120, 170),
 }
 
 
@@ -101,8 +110,12 @@ EXAMPLES = [  # name, subjects (reference order), background phrase, seed
     ("two subjects", ["blue_person", "brown_quadruped"], "a plain background", 2),
     ("three subjects", ["yellow_bird", "orange_fish", "teal_mug"], "a gradient background", 3),
     ("four subjects", ["purple_lamp", "green_chest", "red_vase", "blue_person"], "a striped background", 4),
-    ("six subjects", ["blue_person", "brown_quadruped", "yellow_bird", "orange_fish", "teal_mug", "purple_lamp"],
-     "a plain background", 6),
+    (
+        "six subjects",
+        ["blue_person", "brown_quadruped", "yellow_bird", "orange_fish", "teal_mug", "purple_lamp"],
+        "a plain background",
+        6,
+    ),
 ]
 
 
@@ -131,6 +144,7 @@ class _Scaled:
             if method == "rounded_rectangle" and args:
                 args = (args[0] * self.factor, *args[1:])
             return getattr(self.draw, method)(self._xy(xy), *args, **kwargs)
+
         return call
 
 
@@ -144,8 +158,15 @@ def main(out: Path = HERE) -> None:
     for name in SUBJECTS:
         draw_subject(name).save(out / f"{name}.png", optimize=True)
     examples = [
-        {"name": title, "prompt": caption(names, background), "references": [f"{n}.png" for n in names],
-         "categories": [SUBJECTS[n][0] for n in names], "width": SIZE, "height": SIZE, "seed": seed}
+        {
+            "name": title,
+            "prompt": caption(names, background),
+            "references": [f"{n}.png" for n in names],
+            "categories": [SUBJECTS[n][0] for n in names],
+            "width": SIZE,
+            "height": SIZE,
+            "seed": seed,
+        }
         for title, names, background, seed in EXAMPLES
     ]
     (out / "examples.json").write_text(json.dumps(examples, indent=2) + "\n")

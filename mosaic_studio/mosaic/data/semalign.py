@@ -38,6 +38,10 @@ reference k = 0..K-1, ref_k.png (RGB) and mask_k.png (1-bit), plus sample.json:
    "references": [{"image": "ref_k.png", "mask": "mask_k.png", "category": str, "label": str,
                    "correspondences": [[u_x, u_y, v_x, v_y], ...]}, ...]}
 Floats are written exactly (shortest round-trip form), so save -> load is lossless.
+Loading checks the type of every field (rule json-schema) and that every file named resolves,
+symlinks followed, to a regular file inside the sample folder (rule file-inside-sample); images
+over mosaic.images.MAX_IMAGE_PIXELS are refused before decoding. A training export's folder
+also holds EXPORT_MANIFEST (see `list_sample_dirs`).
 """
 
 from __future__ import annotations
@@ -47,13 +51,19 @@ import math
 import os
 import re
 import shutil
+import struct
 import tempfile
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from mosaic_studio.files import replace_dir
+from mosaic_studio.mosaic.images import MAX_IMAGE_PIXELS
 
 MIN_REFERENCES = 1
 MAX_REFERENCES = 6  # the paper's data and model go up to six references
@@ -67,6 +77,8 @@ SAMPLE_JSON = "sample.json"
 TARGET_FILE = "target.png"
 REFERENCE_FILE = "ref_{}.png"
 MASK_FILE = "mask_{}.png"
+# Written last by a training export (annotator.export): {"complete": true, "samples": [...]}.
+EXPORT_MANIFEST = "export.json"
 # Temporary folders of unfinished writes; dataset listings skip every dot-folder.
 PARTIAL_PREFIX = ".partial-"
 # Masks are written as 1-bit PNGs; an 8-bit mask written by another tool counts above half.
@@ -92,14 +104,17 @@ class Rule:
     MASKS_DISJOINT = "masks-disjoint"
     TOKENS_DISJOINT = "token-disjointness-eq2"
     FILE_FORMAT = "file-format"  # on-disk only: format name/version, files, image modes
+    SCHEMA = "json-schema"  # on-disk only: sample.json has a field of the wrong type
+    FILE_INSIDE = "file-inside-sample"  # on-disk only: a named file resolves outside its sample folder
 
 
 class SampleError(ValueError):
     """A sample breaks a format rule; `sample_id` and `rule` say which and where."""
 
-    def __init__(self, sample_id: str, rule: str, detail: str):
+    def __init__(self, sample_id: str, rule: str, detail: str, field: str | None = None):
         self.sample_id = sample_id
         self.rule = rule
+        self.field = field  # the sample.json field at fault, e.g. "references[0].image", if any
         super().__init__(f"sample {sample_id!r} violates rule '{rule}': {detail}")
 
 
@@ -208,12 +223,6 @@ def token_pairs(
     return u[keep], v[keep]
 
 
-def sample_token_pairs(sample: Sample, token_size: int, unique_reference: bool = False):
-    """`token_pairs` for every reference of a sample: a list of (u_tokens, v_tokens)."""
-    target_hw = sample.target.shape[:2]
-    return [token_pairs(r, target_hw, token_size, unique_reference) for r in sample.references]
-
-
 def sample_points(sample: Sample, k_max: int, rng: np.random.Generator, token_size: int | None = None):
     """Draw up to `k_max` correspondences per reference (the paper's P_k) without replacement.
 
@@ -296,7 +305,10 @@ def validate(sample: Sample, token_size: int = DEFAULT_TOKEN_SIZE) -> Sample:
             claimed |= mask
         for token in np.unique(pixel_to_token(v, token_size, grid_w)).tolist():
             if owner.setdefault(token, k) != k:
-                fail(Rule.TOKENS_DISJOINT, f"target token {token} (token size {token_size}) is claimed by references {owner[token]} and {k}")
+                fail(
+                    Rule.TOKENS_DISJOINT,
+                    f"target token {token} (token size {token_size}) is claimed by references {owner[token]} and {k}",
+                )
     return sample
 
 
@@ -346,82 +358,221 @@ def save_sample(sample: Sample, sample_dir, token_size: int = DEFAULT_TOKEN_SIZE
             Image.fromarray(ref.mask).save(tmp / MASK_FILE.format(k))  # bool -> 1-bit PNG
         (tmp / SAMPLE_JSON).write_text(document, encoding="utf-8")
         os.chmod(tmp, _SAMPLE_DIR_MODE)
-        if sample_dir.exists():  # overwrite: move the old folder aside, then swap
-            old = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{sample_dir.name}-old-", dir=sample_dir.parent))
-            os.replace(sample_dir, old / sample_dir.name)
-            os.replace(tmp, sample_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, sample_dir)
+        # overwrite: the old folder goes aside under the partial-write prefix, so a crash mid-swap
+        # leaves it to `remove_partial_writes`
+        replace_dir(tmp, sample_dir, aside_prefix=f"{PARTIAL_PREFIX}{sample_dir.name}-old-")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return sample_dir
 
 
-def _read_rgb(path: Path, sid: str) -> np.ndarray:
-    with Image.open(path) as image:
-        if image.mode != "RGB":
-            raise SampleError(sid, Rule.FILE_FORMAT, f"{path.name} is {image.mode}, expected RGB")
-        return np.array(image)
+# What Pillow raises for a file it cannot decode. DecompressionBombError (a header declaring
+# more pixels than Pillow allows) derives from none of them, so it is listed too.
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
+_TYPE_NAMES = {str: "a string", bool: "true or false", list: "a list", dict: "an object"}
+_REQUIRED = object()
 
 
-def _read_mask(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.array(image.convert("L")) > MASK_THRESHOLD
+def _kind(value) -> str:
+    text = repr(value)
+    return f"{text if len(text) <= 40 else text[:37] + '...'} ({type(value).__name__})"
+
+
+def _field(doc: dict, key: str, kind: type, sid: str, where: str = "", default=_REQUIRED):
+    """doc[key], checked to be of JSON type `kind`; SampleError (json-schema) naming the field."""
+    name = f"{where}{key}"
+    if key not in doc:
+        if default is _REQUIRED:
+            raise SampleError(sid, Rule.SCHEMA, f"field '{name}' is missing", name)
+        return default
+    value = doc[key]
+    if type(value) is not kind:  # exact: JSON true is not the number 1, nor "false" a boolean
+        raise SampleError(sid, Rule.SCHEMA, f"field '{name}' must be {_TYPE_NAMES[kind]}, got {_kind(value)}", name)
+    return value
+
+
+def sample_file(sample_dir, name, sample_id: str, field: str) -> Path:
+    """The regular file `name` (from field `field`) of the sample folder `sample_dir`, resolved.
+
+    After following symlinks it must lie inside the resolved sample folder, so a sample never
+    reads `../...`, an absolute path or a link out of its folder (rule file-inside-sample). A
+    FIFO or device is refused as well: opening one can block forever.
+    """
+    if type(name) is not str or not name:
+        raise SampleError(
+            sample_id, Rule.SCHEMA, f"field '{field}' must be a non-empty file name, got {_kind(name)}", field
+        )
+    try:
+        folder = Path(sample_dir).resolve()
+        path = (folder / name).resolve()
+    except (OSError, RuntimeError) as error:  # a symlink loop
+        raise SampleError(
+            sample_id, Rule.FILE_INSIDE, f"field '{field}': cannot resolve {name!r} ({error})", field
+        ) from None
+    if path == folder or not path.is_relative_to(folder):
+        raise SampleError(
+            sample_id,
+            Rule.FILE_INSIDE,
+            f"field '{field}' names {name!r}, which resolves outside the sample folder",
+            field,
+        )
+    if not path.exists():
+        raise SampleError(sample_id, Rule.FILE_FORMAT, f"field '{field}': {name!r} does not exist", field)
+    if not path.is_file():
+        raise SampleError(sample_id, Rule.FILE_FORMAT, f"field '{field}': {name!r} is not a regular file", field)
+    return path
+
+
+def _read_image(path: Path, sid: str, field: str, mask: bool) -> np.ndarray:
+    """An RGB image or a mask, with the size limit checked on the header, before decoding."""
+    try:
+        with warnings.catch_warnings():
+            # The limit below is stricter than Pillow's bomb warning, which would only repeat it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise SampleError(
+                        sid,
+                        Rule.FILE_FORMAT,
+                        f"field '{field}': {path.name} is {width}x{height} "
+                        f"pixels, over the limit of {MAX_IMAGE_PIXELS:,}",
+                        field,
+                    )
+                if mask:
+                    return np.array(image.convert("L")) > MASK_THRESHOLD
+                if image.mode != "RGB":
+                    raise SampleError(sid, Rule.FILE_FORMAT, f"{path.name} is {image.mode}, expected RGB", field)
+                return np.array(image)
+    except _IMAGE_ERRORS as error:
+        if isinstance(error, SampleError):
+            raise
+        raise SampleError(
+            sid,
+            Rule.FILE_FORMAT,
+            f"field '{field}': {path.name} is not a readable image ({type(error).__name__}: {error})",
+            field,
+        ) from None
+
+
+def _read_points(entry: dict, sid: str, where: str) -> np.ndarray:
+    rows = _field(entry, "correspondences", list, sid, where)
+    name = f"{where}correspondences"
+    for j, row in enumerate(rows):
+        if type(row) is not list or len(row) != 4 or any(type(x) not in (int, float) for x in row):
+            raise SampleError(
+                sid,
+                Rule.POINTS_FORMAT,
+                f"field '{name}' row {j} must be 4 numbers [u_x, u_y, v_x, v_y], got {_kind(row)}",
+                name,
+            )
+    try:
+        pairs = np.asarray(rows, dtype=np.float64).reshape(len(rows), 4)
+    except OverflowError as error:  # an integer beyond float range
+        raise SampleError(sid, Rule.POINTS_FORMAT, f"field '{name}': {error}", name) from None
+    return pairs
 
 
 def load_sample(sample_dir, token_size: int = DEFAULT_TOKEN_SIZE, check: bool = True) -> Sample:
-    """Read a sample folder written by `save_sample` and (by default) validate it."""
+    """Read a sample folder written by `save_sample` and (by default) validate it.
+
+    Every field of sample.json is type-checked and every file it names must be a regular file
+    inside the folder; any problem is a SampleError naming the sample and the field.
+    """
     sample_dir = Path(sample_dir)
     try:
-        doc = json.loads((sample_dir / SAMPLE_JSON).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
+        document = sample_file(sample_dir, SAMPLE_JSON, sample_dir.name, SAMPLE_JSON)
+        doc = json.loads(document.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise SampleError(sample_dir.name, Rule.FILE_FORMAT, f"cannot read {SAMPLE_JSON}: {error}") from error
-    sid = doc.get("sample_id", sample_dir.name)
+    if type(doc) is not dict:
+        raise SampleError(
+            sample_dir.name, Rule.SCHEMA, f"{SAMPLE_JSON} must hold a JSON object, got {_kind(doc)}", SAMPLE_JSON
+        )
+    sid = _field(doc, "sample_id", str, sample_dir.name, default=sample_dir.name)
     if doc.get("format") != FORMAT_NAME or doc.get("format_version") != FORMAT_VERSION:
         raise SampleError(
-            sid, Rule.FILE_FORMAT,
-            f"format {doc.get('format')!r} version {doc.get('format_version')!r}, expected {FORMAT_NAME!r} {FORMAT_VERSION}",
+            sid,
+            Rule.FILE_FORMAT,
+            f"format {doc.get('format')!r} version {doc.get('format_version')!r}, "
+            f"expected {FORMAT_NAME!r} {FORMAT_VERSION}",
         )
-    try:
-        references = []
-        for entry in doc["references"]:
-            pairs = np.asarray(entry["correspondences"], dtype=np.float64)
-            pairs = pairs.reshape(0, 4) if pairs.size == 0 else pairs
-            if pairs.ndim != 2 or pairs.shape[1] != 4:
-                raise SampleError(sid, Rule.POINTS_FORMAT, "correspondences must be rows [u_x, u_y, v_x, v_y]")
-            references.append(Reference(
-                image=_read_rgb(sample_dir / entry["image"], sid),
-                mask=_read_mask(sample_dir / entry["mask"]),
+    caption = _field(doc, "caption", str, sid)
+    masks_exclusive = _field(doc, "masks_exclusive", bool, sid)
+    meta = _field(doc, "meta", dict, sid, default={})
+    target_name = doc.get("target")
+    entries = _field(doc, "references", list, sid)
+    references = []
+    for k, entry in enumerate(entries):
+        where = f"references[{k}]."
+        if type(entry) is not dict:
+            raise SampleError(
+                sid, Rule.SCHEMA, f"field 'references[{k}]' must be an object, got {_kind(entry)}", f"references[{k}]"
+            )
+        category = _field(entry, "category", str, sid, where)
+        label = _field(entry, "label", str, sid, where, default="")
+        pairs = _read_points(entry, sid, where)
+        image_path = sample_file(sample_dir, entry.get("image"), sid, f"{where}image")
+        mask_path = sample_file(sample_dir, entry.get("mask"), sid, f"{where}mask")
+        references.append(
+            Reference(
+                image=_read_image(image_path, sid, f"{where}image", mask=False),
+                mask=_read_image(mask_path, sid, f"{where}mask", mask=True),
                 ref_points=pairs[:, :2].copy(),
                 target_points=pairs[:, 2:].copy(),
-                category=entry["category"],
-                label=entry.get("label", ""),
-            ))
-        sample = Sample(
-            sample_id=sid,
-            target=_read_rgb(sample_dir / doc["target"], sid),
-            caption=doc["caption"],
-            references=references,
-            masks_exclusive=doc["masks_exclusive"],
-            meta=doc.get("meta", {}),
+                category=category,
+                label=label,
+            )
         )
-    except (OSError, KeyError, ValueError) as error:
-        if isinstance(error, SampleError):
-            raise
-        raise SampleError(sid, Rule.FILE_FORMAT, f"{type(error).__name__}: {error}") from error
+    target = _read_image(sample_file(sample_dir, target_name, sid, "target"), sid, "target", mask=False)
+    sample = Sample(sid, target, caption, references, masks_exclusive, meta)
     return validate(sample, token_size) if check else sample
 
 
 # --------------------------------------------------------------------------- datasets
+class IncompleteDatasetError(ValueError):
+    """A dataset folder's EXPORT_MANIFEST says the export was not finished, or lists other samples."""
+
+
 def list_sample_dirs(root) -> list[Path]:
-    """Finished sample folders under `root`, sorted by name (dot-folders are skipped)."""
+    """Finished sample folders under `root`, sorted by name (dot-folders are skipped).
+
+    A folder written by a training export holds EXPORT_MANIFEST; then the folder must be a
+    complete export holding exactly the samples it lists, or IncompleteDatasetError is raised,
+    so a trainer never silently trains on part of an export.
+    """
     root = Path(root)
-    return sorted(
-        path for path in root.iterdir()
+    found = sorted(
+        path
+        for path in root.iterdir()
         if path.is_dir() and not path.name.startswith(".") and (path / SAMPLE_JSON).is_file()
     )
+    manifest = root / EXPORT_MANIFEST
+    if manifest.exists() or manifest.is_symlink():
+        check_export_manifest(manifest, [path.name for path in found])
+    return found
+
+
+def check_export_manifest(path, present: list[str]) -> dict:
+    """The manifest at `path` of a finished export holding exactly the samples `present`."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        doc = None
+    if type(doc) is not dict or doc.get("complete") is not True or type(doc.get("samples")) is not list:
+        raise IncompleteDatasetError(
+            f"{path.parent} is an unfinished or damaged export ({path.name} does not say "
+            "complete): the export was interrupted; run it again"
+        )
+    missing, extra = sorted(set(doc["samples"]) - set(present)), sorted(set(present) - set(doc["samples"]))
+    if missing or extra:
+        raise IncompleteDatasetError(
+            f"{path.parent} does not match its {path.name}: missing samples {missing[:5]}, "
+            f"unexpected samples {extra[:5]}; run the export again"
+        )
+    return doc
 
 
 def remove_partial_writes(root) -> int:
@@ -459,6 +610,11 @@ class SemAlignDataset:
 
     def __getitem__(self, index: int) -> Sample:
         return load_sample(self.sample_dirs[index], self.token_size)
+
+    def num_references(self, index: int) -> int:
+        """Sample `index`'s reference count, from its sample.json alone (no image is read)."""
+        document = json.loads((self.sample_dirs[index] / SAMPLE_JSON).read_text(encoding="utf-8"))
+        return len(document["references"])
 
     def __iter__(self) -> Iterator[Sample]:
         return (self[i] for i in range(len(self)))

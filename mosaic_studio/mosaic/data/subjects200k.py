@@ -45,8 +45,9 @@ import hashlib
 import io
 import math
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -85,13 +86,15 @@ def subjects200k_uid(item: str, target_caption: str, target_panel: Image.Image) 
     buffer = io.BytesIO()
     target_panel.save(buffer, format="PNG")
     image_hash = hashlib.sha256(buffer.getvalue()).hexdigest()[:UID_IMAGE_HASH_DIGITS]
-    return hashlib.sha256(f"{item}_{target_caption}_{image_hash}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{item}_{target_caption}_{image_hash}".encode()).hexdigest()
 
 
 def is_high_quality(row: dict) -> bool:
     """The official row filter: collection_2 with every quality score >= MIN_QUALITY."""
     scores = row.get("quality_assessment") or {}
-    return row.get("collection") == HIGH_QUALITY_COLLECTION and all(scores.get(k, 0) >= MIN_QUALITY for k in QUALITY_KEYS)
+    return row.get("collection") == HIGH_QUALITY_COLLECTION and all(
+        scores.get(k, 0) >= MIN_QUALITY for k in QUALITY_KEYS
+    )
 
 
 def _open_row_image(value) -> Image.Image:
@@ -134,8 +137,9 @@ def agreeing_cells(dift: np.ndarray, geoaware: np.ndarray, mask: np.ndarray) -> 
     return np.flatnonzero(np.all(dift == geoaware, axis=1) & in_mask)
 
 
-def read_pair(row: dict, root, panel_size: int = PANEL_SIZE, padding: int = PANEL_PADDING,
-              category: str = DEFAULT_CATEGORY) -> Sample:
+def read_pair(
+    row: dict, root, panel_size: int = PANEL_SIZE, padding: int = PANEL_PADDING, category: str = DEFAULT_CATEGORY
+) -> Sample:
     """One Subjects200K row plus its annotation files as a `Sample` (not yet validated)."""
     description = row["description"]
     target_panel, reference_panel = split_pair(_open_row_image(row["image"]), panel_size, padding)
@@ -153,14 +157,23 @@ def read_pair(row: dict, root, panel_size: int = PANEL_SIZE, padding: int = PANE
     kept = agreeing_cells(dift, geoaware, mask)
     grid = math.isqrt(dift.shape[0])
     ref_cells = dift[kept]  # (P, 2) as (y, x): flip to (x, y) and take the cell centres
-    ref_points = np.stack([
-        (ref_cells[:, 1] + 0.5) * reference_panel.width / grid,
-        (ref_cells[:, 0] + 0.5) * reference_panel.height / grid,
-    ], axis=1)
+    ref_points = np.stack(
+        [
+            (ref_cells[:, 1] + 0.5) * reference_panel.width / grid,
+            (ref_cells[:, 0] + 0.5) * reference_panel.height / grid,
+        ],
+        axis=1,
+    )
     target_points = cell_centres(grid, target_panel.height, target_panel.width)[kept]
     reference = Reference(np.array(reference_panel), mask, ref_points, target_points, category, description["item"])
-    return Sample(uid, np.array(target_panel), description["description_0"], [reference], True,
-                  {"source": "SemAlign-MS-Subjects200K", "item": description["item"], "grid": grid})
+    return Sample(
+        uid,
+        np.array(target_panel),
+        description["description_0"],
+        [reference],
+        True,
+        {"source": "SemAlign-MS-Subjects200K", "item": description["item"], "grid": grid},
+    )
 
 
 def iter_parquet_rows(data_dir) -> Iterator[dict]:
@@ -168,8 +181,10 @@ def iter_parquet_rows(data_dir) -> Iterator[dict]:
     try:
         import pyarrow.parquet as pq
     except ImportError as error:
-        raise ImportError("reading the Subjects200K parquet shards needs pyarrow (pip install pyarrow); "
-                          "or pass rows= to Subjects200KReader") from error
+        raise ImportError(
+            "reading the Subjects200K parquet shards needs pyarrow (pip install pyarrow); "
+            "or pass rows= to Subjects200KReader"
+        ) from error
     for path in sorted(glob.glob(os.path.join(data_dir, "*.parquet"))):
         for batch in pq.ParquetFile(path).iter_batches():
             yield from batch.to_pylist()
@@ -183,8 +198,14 @@ class Subjects200KReader:
     without annotation files raise, or are skipped with the reason appended to `skipped`.
     """
 
-    def __init__(self, root, rows: Iterable[dict] | None = None, quality_filter: bool = True,
-                 missing: str = "error", **read_options: Any):
+    def __init__(
+        self,
+        root,
+        rows: Iterable[dict] | None = None,
+        quality_filter: bool = True,
+        missing: str = "error",
+        **read_options: Any,
+    ):
         if missing not in MISSING_POLICIES:
             raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}")
         self.root = Path(root)

@@ -10,27 +10,41 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import gradio as gr
+from PIL import Image
 
 from mosaic_studio.annotator.records import Decision
 from mosaic_studio.annotator.store import ReviewStore, VersionConflict
 from mosaic_studio.annotator.verify import DEFAULT_FRACTION, stratified_sample
-
 from mosaic_studio.studio import annotation
-from mosaic_studio.studio.annotation import MODES, SELECT_MODE
+from mosaic_studio.studio.annotation import MODES, SELECT_MODE, Opened
 from mosaic_studio.studio.report import export_accepted, report_markdown
+from mosaic_studio.studio.tabs.views import components, skipped
 
-SHORTCUTS = {"c": "ann-correct", "w": "ann-wrong", "u": "ann-unsure", "n": "ann-next", "p": "ann-prev",
-             "d": "ann-delete", "Delete": "ann-delete", "z": "ann-undo", "A": "ann-accept", "R": "ann-reject"}
-SHORTCUTS_HELP = ("On the canvas a number's suffix is its verdict: **+** correct, **x** wrong, **?** unsure.\n\n"
-                  "Keys (Annotate tab, outside text fields): **c** correct · **w** wrong · **u** unsure · "
-                  "**n** / **p** next / previous pair · **d** or **Delete** delete · **z** or **Ctrl+Z** undo · "
-                  "**Shift+A** accept · **Shift+R** reject")
+SHORTCUTS = {
+    "c": "ann-correct",
+    "w": "ann-wrong",
+    "u": "ann-unsure",
+    "n": "ann-next",
+    "p": "ann-prev",
+    "d": "ann-delete",
+    "Delete": "ann-delete",
+    "z": "ann-undo",
+    "A": "ann-accept",
+    "R": "ann-reject",
+}
+SHORTCUTS_HELP = (
+    "On the canvas a number's suffix is its verdict: **+** correct, **x** wrong, **?** unsure.\n\n"
+    "Keys (Annotate tab, outside text fields): **c** correct · **w** wrong · **u** unsure · "
+    "**n** / **p** next / previous pair · **d** or **Delete** delete · **z** or **Ctrl+Z** undo · "
+    "**Shift+A** accept · **Shift+R** reject"
+)
 SHORTCUTS_JS = """() => {
   if (window.__mosaicShortcuts) return;
   window.__mosaicShortcuts = true;
-  const keys = %s;
+  const keys = __SHORTCUTS__;
   document.addEventListener("keydown", (event) => {
     const target = event.target;
     if (target && (["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName) || target.isContentEditable)) return;
@@ -43,25 +57,46 @@ SHORTCUTS_JS = """() => {
     event.preventDefault();
     button.click();
   });
-}""" % json.dumps(SHORTCUTS)
+}""".replace("__SHORTCUTS__", json.dumps(SHORTCUTS))
 
 
-def _view(opened, mode):
-    return opened, annotation.render(opened), annotation.describe(opened, mode)
+class DraftView(NamedTuple):
+    """The opened sample after a draft action (click, judge, undo, …)."""
+
+    opened: Opened | None  # gr.State
+    canvas: Image.Image | None
+    info: str
+
+
+class OpenedView(NamedTuple):
+    """A sample opened (or none left): DraftView's fields, then the queue menu and the progress.
+    Also what "send to Annotate" opens (attention.SendView)."""
+
+    opened: Opened | None  # gr.State
+    canvas: Image.Image | None
+    info: str
+    queue: dict
+    progress: str
+
+
+def _view(opened, mode) -> DraftView:
+    return DraftView(opened=opened, canvas=annotation.render(opened), info=annotation.describe(opened, mode))
 
 
 def _soft(action):
     """Run a draft action; a ValueError (a click that does nothing, nothing to undo) becomes a
     warning toast and leaves everything as it was."""
+
     def run(opened, mode, *args):
         if opened is None:
             gr.Warning("open a sample first: enter your name and press 'Load my queue'")
-            return gr.skip(), gr.skip(), gr.skip()
+            return skipped(DraftView)
         try:
             return _view(action(opened, *args), mode)
         except ValueError as error:
             gr.Warning(str(error))
-            return gr.skip(), gr.skip(), gr.skip()
+            return skipped(DraftView)
+
     return run
 
 
@@ -75,11 +110,22 @@ def build() -> SimpleNamespace:
     with gr.Row():
         ui.annotator = gr.Textbox(label="Annotator", placeholder="your name", elem_id="annotator", scale=1)
         ui.load = gr.Button("Load my queue", elem_id="ann-load", scale=0)
-        ui.queue = gr.Dropdown([], label="Sample (your queue, stratified sample first; or type an id)",
-                               allow_custom_value=True, elem_id="ann-queue", scale=2)
+        ui.queue = gr.Dropdown(
+            [],
+            label="Sample (your queue, stratified sample first; or type an id)",
+            allow_custom_value=True,
+            elem_id="ann-queue",
+            scale=2,
+        )
     ui.progress = gr.Markdown(elem_id="ann-progress")
-    ui.canvas = gr.Image(label="References (left) and generated image (right)", interactive=False, type="pil",
-                         format="png", elem_id="review-canvas", buttons=["fullscreen"])
+    ui.canvas = gr.Image(
+        label="References (left) and generated image (right)",
+        interactive=False,
+        type="pil",
+        format="png",
+        elem_id="review-canvas",
+        buttons=["fullscreen"],
+    )
     ui.mode = gr.Radio(list(MODES), value=SELECT_MODE, label="Click mode", elem_id="ann-mode")
     ui.info = gr.Markdown(elem_id="ann-info")
     with gr.Row():
@@ -112,35 +158,35 @@ def build() -> SimpleNamespace:
     return ui
 
 
-def opened_outputs(ui) -> list:
-    """What opening a sample updates (also used by "send to Annotate")."""
-    return [ui.opened, ui.canvas, ui.info, ui.queue, ui.progress]
-
-
-def open_view(store_path, sample_id, annotator, mode=SELECT_MODE):
-    """Values for `opened_outputs`: the sample on the canvas, the queue menu, the progress."""
+def open_view(store_path, *, sample_id, annotator, mode=SELECT_MODE) -> OpenedView:
+    """The sample on the canvas (none: a message), the queue menu, the progress."""
     annotator = annotator or ""
     queue = annotation.queue_ids(store_path, annotator)
     choices = queue if sample_id in queue or sample_id is None else [sample_id, *queue]
+    progress = annotation.progress(store_path, annotator)
     if sample_id is None:
         message = "Queue empty: every sample is reviewed by you." if annotator.strip() else "Enter your name."
-        return None, None, message, gr.update(choices=choices, value=None), annotation.progress(store_path, annotator)
+        return OpenedView(
+            opened=None, canvas=None, info=message, queue=gr.update(choices=choices, value=None), progress=progress
+        )
     opened = annotation.open_sample(store_path, sample_id)
-    return (*_view(opened, mode), gr.update(choices=choices, value=sample_id), annotation.progress(store_path, annotator))
+    return OpenedView(
+        **_view(opened, mode)._asdict(), queue=gr.update(choices=choices, value=sample_id), progress=progress
+    )
 
 
 def on_load(store_path, annotator):
     if not (annotator or "").strip():
         raise gr.Error("enter your annotator name first")
     queue = annotation.queue_ids(store_path, annotator)
-    return open_view(store_path, queue[0] if queue else None, annotator)
+    return open_view(store_path, sample_id=queue[0] if queue else None, annotator=annotator)
 
 
 def on_open(store_path, annotator, sample_id):
     if not sample_id:
-        return (gr.skip(),) * 5
+        return skipped(OpenedView)
     try:
-        return open_view(store_path, sample_id, annotator)
+        return open_view(store_path, sample_id=sample_id, annotator=annotator)
     except ValueError as error:
         raise gr.Error(str(error)) from error
 
@@ -155,7 +201,7 @@ def on_save(store_path, decision, opened, annotator, mode):
         raise gr.Error(str(error)) from error
     gr.Info(f"{opened.draft.sample_id}: {decision}")
     queue = annotation.queue_ids(store_path, annotator)
-    return open_view(store_path, queue[0] if queue else None, annotator, mode)
+    return open_view(store_path, sample_id=queue[0] if queue else None, annotator=annotator, mode=mode)
 
 
 def on_click(opened, mode, x, y):
@@ -178,16 +224,19 @@ def on_mark(store_path, fraction, seed, annotator):
     try:
         with ReviewStore(store_path) as store:
             chosen = stratified_sample(store.sample_strata(), float(fraction), int(seed or 0))
-            store.mark_sampled(chosen, actor=(annotator or "").strip() or "studio",
-                               params={"fraction": float(fraction), "seed": int(seed or 0)})
+            store.mark_sampled(
+                chosen,
+                actor=(annotator or "").strip() or "studio",
+                params={"fraction": float(fraction), "seed": int(seed or 0)},
+            )
     except ValueError as error:
         raise gr.Error(str(error)) from error
     gr.Info(f"{len(chosen)} sample(s) are now the stratified sample")
     return annotation.progress(store_path, annotator or "")
 
 
-def wire(ui: SimpleNamespace, store_path: Path, outputs_dir: Path) -> None:
-    view, opened = [ui.opened, ui.canvas, ui.info], opened_outputs(ui)
+def wire(ui: SimpleNamespace, *, store_path: Path, outputs_dir: Path) -> None:
+    view, opened = components(DraftView, ui), components(OpenedView, ui)
 
     def on_select(opened, mode, evt: gr.SelectData):
         return on_click(opened, mode, *evt.index)
@@ -197,27 +246,48 @@ def wire(ui: SimpleNamespace, store_path: Path, outputs_dir: Path) -> None:
 
     ui.load.click(load, ui.annotator, opened, api_name="annotate_load")
     ui.annotator.submit(load, ui.annotator, opened, api_visibility="private")
-    ui.queue.input(lambda annotator, sample_id: on_open(store_path, annotator, sample_id), [ui.annotator, ui.queue],
-                   opened, api_name="annotate_open")
+    ui.queue.input(
+        lambda annotator, sample_id: on_open(store_path, annotator, sample_id),
+        [ui.annotator, ui.queue],
+        opened,
+        api_name="annotate_open",
+    )
     ui.canvas.select(on_select, [ui.opened, ui.mode], view, api_visibility="private", show_progress="hidden")
     ui.api_click.click(on_click, [ui.opened, ui.mode, ui.api_x, ui.api_y], view, api_name="annotate_click")
-    ui.mode.input(lambda o, m: (o, gr.skip(), annotation.describe(o, m) if o else ""), [ui.opened, ui.mode], view,
-                  api_name="annotate_mode")
+    ui.mode.input(
+        lambda o, m: DraftView(opened=o, canvas=gr.skip(), info=annotation.describe(o, m) if o else ""),
+        [ui.opened, ui.mode],
+        view,
+        api_name="annotate_mode",
+    )
     actions = {  # button: (api name, Draft method, its arguments)
-        ui.prev: ("annotate_previous", "step", -1), ui.next: ("annotate_next", "step", 1),
-        ui.correct: ("annotate_correct", "judge", "correct"), ui.wrong: ("annotate_wrong", "judge", "wrong"),
+        ui.prev: ("annotate_previous", "step", -1),
+        ui.next: ("annotate_next", "step", 1),
+        ui.correct: ("annotate_correct", "judge", "correct"),
+        ui.wrong: ("annotate_wrong", "judge", "wrong"),
         ui.unsure: ("annotate_unsure", "judge", "unsure"),
         ui.all_correct: ("annotate_all_correct", "judge_remaining", "correct"),
-        ui.delete: ("annotate_delete", "delete"), ui.undo: ("annotate_undo", "undo"),
-    }  # fmt: skip
+        ui.delete: ("annotate_delete", "delete"),
+        ui.undo: ("annotate_undo", "undo"),
+    }
     for button, (name, method, *args) in actions.items():
         button.click(_draft_action(method, *args), [ui.opened, ui.mode], view, api_name=name, show_progress="hidden")
     for button, decision in ((ui.accept, Decision.ACCEPTED.value), (ui.reject, Decision.REJECTED.value)):
-        button.click(functools.partial(on_save, store_path, decision), [ui.opened, ui.annotator, ui.mode], opened,
-                     api_name=f"annotate_{decision}")
+        button.click(
+            functools.partial(on_save, store_path, decision),
+            [ui.opened, ui.annotator, ui.mode],
+            opened,
+            api_name=f"annotate_{decision}",
+        )
     report = functools.partial(on_report, store_path)
     ui.refresh.click(report, ui.sampled_only, ui.report, api_name="annotate_report")
     ui.sampled_only.input(report, ui.sampled_only, ui.report, api_visibility="private")
-    ui.export.click(functools.partial(on_export, store_path, outputs_dir), None, ui.export_file, api_name="annotate_export")
-    ui.mark.click(functools.partial(on_mark, store_path), [ui.fraction, ui.sample_seed, ui.annotator], ui.progress,
-                  api_name="annotate_mark_sample")
+    ui.export.click(
+        functools.partial(on_export, store_path, outputs_dir), None, ui.export_file, api_name="annotate_export"
+    )
+    ui.mark.click(
+        functools.partial(on_mark, store_path),
+        [ui.fraction, ui.sample_seed, ui.annotator],
+        ui.progress,
+        api_name="annotate_mark_sample",
+    )

@@ -6,28 +6,90 @@ from __future__ import annotations
 
 import functools
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import gradio as gr
+from PIL import Image
 
 from mosaic_studio.annotator.store import ReviewStore
-
-from mosaic_studio.studio.tabs import annotate
+from mosaic_studio.studio.annotation import Opened
 from mosaic_studio.studio.heatmap import CMAPS, DEFAULT_CMAP
-from mosaic_studio.studio.inspector import (CLICK_PROMPT, NO_GENERATION, blocks_text, clicked_on_strip, clicked_reference_pixel,
-                        heatmap_view, image_index, need, overview_view, strip)
+from mosaic_studio.studio.inspector import (
+    CLICK_PROMPT,
+    NO_GENERATION,
+    Clicked,
+    blocks_text,
+    clicked_on_strip,
+    clicked_reference_pixel,
+    heatmap_view,
+    image_index,
+    need,
+    overview_view,
+    strip,
+)
 from mosaic_studio.studio.proposals import POINTS_PER_REFERENCE, review_item
 from mosaic_studio.studio.store_files import store_folder
+from mosaic_studio.studio.tabs import annotate
+from mosaic_studio.studio.tabs.views import components
+
+
+class ResetView(NamedTuple):
+    """The whole tab, reset for a fresh generation."""
+
+    clicked: Clicked | None  # gr.State
+    strip: Image.Image | None
+    status: str
+    image_number: dict  # gr.update of the dropdowns' choices and value
+    first: dict
+    last: dict
+    heatmap: Image.Image | None
+    overview: Image.Image | None
+    overview_caption: str
+    caption: str
+
+
+class HeatmapView(NamedTuple):
+    """A click on a reference. The /heatmap API returns these fields but `clicked` (a gr.State)."""
+
+    clicked: Clicked  # gr.State
+    strip: Image.Image
+    heatmap: Image.Image | None
+    caption: str
+
+
+class RedrawView(NamedTuple):
+    """A changed image, block range, colormap or opacity."""
+
+    heatmap: Image.Image | None
+    caption: str
+    overview: Image.Image
+    overview_caption: str
+    status: str
+
+
+class SendView(NamedTuple):
+    """ "Send to Annotate": the Annotate tab's opened sample (annotate.OpenedView's fields), then the
+    selected tab. The /send_to_annotate API returns these fields but `opened` (a gr.State)."""
+
+    opened: Opened  # gr.State
+    canvas: Image.Image
+    info: str
+    queue: dict
+    progress: str
+    tabs: dict
 
 
 def _visible(handler):
     """Run a handler; a ValueError becomes a gr.Error the user sees (the app keeps serving).
     functools.wraps keeps the signature Gradio reads (for gr.SelectData)."""
+
     @functools.wraps(handler)
     def run(*args):
         try:
             return handler(*args)
         except ValueError as error:
             raise gr.Error(str(error)) from error
+
     return run
 
 
@@ -35,19 +97,38 @@ def on_new_generation(generation, opacity):
     """Reset the tab for a fresh generation."""
     if generation is None or generation.record is None:
         empty = gr.update(choices=[], value=None)
-        return None, None, NO_GENERATION, gr.update(choices=[1], value=1), empty, empty, None, None, "", ""
+        return ResetView(
+            clicked=None,
+            strip=None,
+            status=NO_GENERATION,
+            image_number=gr.update(choices=[1], value=1),
+            first=empty,
+            last=empty,
+            heatmap=None,
+            overview=None,
+            overview_caption="",
+            caption="",
+        )
     blocks = [(name, i) for i, name in enumerate(generation.blocks)]
     last = len(blocks) - 1
     over, over_text = overview_view(generation, 1, 0, last, opacity)
-    return (None, strip(generation)[0], blocks_text(generation, 0, last),
-            gr.update(choices=list(range(1, len(generation.images) + 1)), value=1),
-            gr.update(choices=blocks, value=0), gr.update(choices=blocks, value=last), None,
-            over, over_text, CLICK_PROMPT)  # fmt: skip
+    return ResetView(
+        clicked=None,
+        strip=strip(generation)[0],
+        status=blocks_text(generation, 0, last),
+        image_number=gr.update(choices=list(range(1, len(generation.images) + 1)), value=1),
+        first=gr.update(choices=blocks, value=0),
+        last=gr.update(choices=blocks, value=last),
+        heatmap=None,
+        overview=over,
+        overview_caption=over_text,
+        caption=CLICK_PROMPT,
+    )
 
 
 def show(generation, clicked, image_number, first, last, cmap, opacity):
     picture, caption = heatmap_view(generation, clicked, image_number, first, last, cmap, opacity)
-    return clicked, strip(generation, clicked)[0], picture, caption
+    return HeatmapView(clicked=clicked, strip=strip(generation, clicked)[0], heatmap=picture, caption=caption)
 
 
 def on_reference_pixel(generation, reference, x, y, *view):
@@ -60,21 +141,29 @@ def redraw(generation, clicked, image_number, first, last, cmap, opacity):
     generation = need(generation)
     picture, caption = heatmap_view(generation, clicked, image_number, first, last, cmap, opacity)
     over, over_text = overview_view(generation, image_number, first, last, opacity)
-    return picture, caption, over, over_text, blocks_text(generation, first, last)
+    return RedrawView(
+        heatmap=picture,
+        caption=caption,
+        overview=over,
+        overview_caption=over_text,
+        status=blocks_text(generation, first, last),
+    )
 
 
 def make_send_handler(store_path):
-    """"Send to Annotate": store the selected image with attention-proposed points, open it."""
+    """ "Send to Annotate": store the selected image with attention-proposed points, open it."""
 
     def on_send(generation, image_number, first, last, per_reference, annotator):
         generation = need(generation)
         image = image_index(generation, image_number)
-        sample = review_item(generation, image, generation.maps(first, last), store_folder(store_path), int(per_reference))
+        sample = review_item(
+            generation, image, generation.maps(first, last), store_folder(store_path), int(per_reference)
+        )
         with ReviewStore(store_path) as store:
             store.add_sample(sample, actor=(annotator or "").strip() or "studio")
-        view = annotate.open_view(store_path, sample.sample_id, annotator)
+        view = annotate.open_view(store_path, sample_id=sample.sample_id, annotator=annotator)
         gr.Info(f"{sample.sample_id}: {len(sample.points)} proposed points sent to Annotate")
-        return (*view, gr.update(selected="annotate"))
+        return SendView(**view._asdict(), tabs=gr.update(selected="annotate"))
 
     return _visible(on_send)
 
@@ -85,20 +174,30 @@ def build() -> SimpleNamespace:
     ui.status = gr.Markdown(NO_GENERATION, elem_id="attention-status")
     with gr.Row():
         with gr.Column(scale=1):
-            ui.strip = gr.Image(label="References: click any point", interactive=False, type="pil",
-                                elem_id="reference-strip", buttons=[])
+            ui.strip = gr.Image(
+                label="References: click any point",
+                interactive=False,
+                type="pil",
+                elem_id="reference-strip",
+                buttons=[],
+            )
             with gr.Row():
                 ui.image_number = gr.Dropdown([1], value=1, label="Generated image", allow_custom_value=True)
                 ui.cmap = gr.Dropdown(list(CMAPS), value=DEFAULT_CMAP, label="Colormap")
                 ui.opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Opacity")
             with gr.Row():
                 # allow_custom_value: the choices arrive with each generation, and API callers pass indices
-                ui.first = gr.Dropdown([], label="First block (model order: double, then single blocks)",
-                                       allow_custom_value=True)
+                ui.first = gr.Dropdown(
+                    [], label="First block (model order: double, then single blocks)", allow_custom_value=True
+                )
                 ui.last = gr.Dropdown([], label="Last block", allow_custom_value=True)
         with gr.Column(scale=1):
-            ui.heatmap = gr.Image(label="Attention of the clicked token over the generated image (ring: peak)",
-                                  interactive=False, elem_id="heatmap", buttons=["download"])
+            ui.heatmap = gr.Image(
+                label="Attention of the clicked token over the generated image (ring: peak)",
+                interactive=False,
+                elem_id="heatmap",
+                buttons=["download"],
+            )
             ui.caption = gr.Markdown(elem_id="heatmap-caption")
     with gr.Row():
         with gr.Column(scale=1):
@@ -107,32 +206,42 @@ def build() -> SimpleNamespace:
             ui.overview_caption = gr.Markdown()
             ui.per_reference = gr.Slider(1, 20, value=POINTS_PER_REFERENCE, step=1, label="Points per reference")
             ui.send = gr.Button("Send to Annotate", elem_id="send-to-annotate")
-            gr.Markdown("Creates a review item from the selected generated image: for each reference, points "
-                        "inside its subject paired with where their attention peaks.")
+            gr.Markdown(
+                "Creates a review item from the selected generated image: for each reference, points "
+                "inside its subject paired with where their attention peaks."
+            )
     with gr.Row(visible=False):  # API-only inputs: a heatmap by reference pixel, for scripts and tests
         ui.api_reference, ui.api_x, ui.api_y = gr.Number(1), gr.Number(0), gr.Number(0)
         ui.api_run = gr.Button()
     return ui
 
 
-def wire(ui: SimpleNamespace, generation: gr.State, generated, store_path, annotate_ui, tabs) -> None:
+def wire(ui: SimpleNamespace, *, generation: gr.State, generated, store_path, annotate_ui, tabs) -> None:
     view = [ui.image_number, ui.first, ui.last, ui.cmap, ui.opacity]
-    shown = [ui.clicked, ui.strip, ui.heatmap, ui.caption]
+    shown = components(HeatmapView, ui)
     generated.then(
-        _visible(on_new_generation), [generation, ui.opacity],
-        [ui.clicked, ui.strip, ui.status, ui.image_number, ui.first, ui.last, ui.heatmap, ui.overview,
-         ui.overview_caption, ui.caption], api_visibility="private",
-    )  # fmt: skip
+        _visible(on_new_generation), [generation, ui.opacity], components(ResetView, ui), api_visibility="private"
+    )
 
     def on_select(generation, image_number, first, last, cmap, opacity, evt: gr.SelectData):
         generation = need(generation)
         return show(generation, clicked_on_strip(generation, *evt.index), image_number, first, last, cmap, opacity)
 
     ui.strip.select(_visible(on_select), [generation, *view], shown, api_visibility="private", show_progress="hidden")
-    ui.api_run.click(_visible(on_reference_pixel), [generation, ui.api_reference, ui.api_x, ui.api_y, *view], shown,
-                     api_name="heatmap")
-    outputs = [ui.heatmap, ui.caption, ui.overview, ui.overview_caption, ui.status]
+    ui.api_run.click(
+        _visible(on_reference_pixel),
+        [generation, ui.api_reference, ui.api_x, ui.api_y, *view],
+        shown,
+        api_name="heatmap",
+    )
+    outputs = components(RedrawView, ui)
     for trigger in (ui.image_number.input, ui.first.input, ui.last.input, ui.opacity.release, ui.cmap.input):
-        trigger(_visible(redraw), [generation, ui.clicked, *view], outputs, api_visibility="private", show_progress="hidden")
-    ui.send.click(make_send_handler(store_path), [generation, ui.image_number, ui.first, ui.last, ui.per_reference,
-                  annotate_ui.annotator], [*annotate.opened_outputs(annotate_ui), tabs], api_name="send_to_annotate")
+        trigger(
+            _visible(redraw), [generation, ui.clicked, *view], outputs, api_visibility="private", show_progress="hidden"
+        )
+    ui.send.click(
+        make_send_handler(store_path),
+        [generation, ui.image_number, ui.first, ui.last, ui.per_reference, annotate_ui.annotator],
+        components(SendView, annotate_ui, tabs=tabs),
+        api_name="send_to_annotate",
+    )

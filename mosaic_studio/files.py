@@ -1,0 +1,42 @@
+"""Atomic folder replacement, shared by the model builders and the sample store.
+
+A folder is written complete beside its destination, then renamed into place: a crash leaves
+either the old folder or the new one, never a mix (plus a dot-folder that listings skip).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def replace_dir(src: str | os.PathLike, dst: str | os.PathLike, aside_prefix: str | None = None) -> None:
+    """Move folder src to dst (same filesystem). An existing dst is first moved aside into a fresh
+    dot-folder named `aside_prefix…` beside it (default `.<dst name>.old-`), restored if the swap
+    fails, and deleted only after it succeeded."""
+    src, dst = Path(src), Path(dst)
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    # mkdtemp: a unique name even when several processes or threads replace the same folder
+    aside = Path(tempfile.mkdtemp(prefix=aside_prefix or f".{dst.name}.old-", dir=dst.parent))
+    old = aside / dst.name
+    os.replace(dst, old)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        os.replace(old, dst)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
+    shutil.rmtree(aside)
+
+
+def replace_dir_copy(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """Copy folder `source` (dot-files skipped) next to `destination`, then swap it in atomically."""
+    destination = Path(destination)
+    staging = destination.with_name(f".{destination.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging, ignore=shutil.ignore_patterns(".*"))
+    replace_dir(staging, destination)
