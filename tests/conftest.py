@@ -9,9 +9,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a model hu
 import pytest
 import torch
 from diffusers import FluxTransformer2DModel
+from train_fixtures import TINY
 
 from mosaic_studio.mosaic.attention import install_mosaic_processors
 from mosaic_studio.mosaic.lora import reference_lora_config
+from mosaic_studio.mosaic.tiny import build_tiny_pipeline
 
 TINY_TRANSFORMER = dict(
     patch_size=1,
@@ -56,3 +58,9 @@ def store_dump(path) -> list[str]:
 @pytest.fixture
 def tiny_transformer():
     return make_transformer()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny pipeline folder for the training tests (tests/train_fixtures.py: TINY)."""
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipe", TINY, seed=0)

@@ -7,6 +7,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from gradio_client import Client
 from PIL import Image
 
 from mosaic_studio.studio.canvas import TARGET, Layout
@@ -15,6 +16,35 @@ from mosaic_studio.studio.examples import load_examples
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 FAST = dict(width=64, height=64, steps=2)  # seconds on a CPU
+HTTP_TIMEOUT_S = 300  # a generation through a served app on a busy 2-core machine takes a while
+
+
+def generate_inputs(references, prompt: str, categories: str = "", images: int = 1, **settings) -> list:
+    """The Generate tab's inputs in the order of its handler and its /generate endpoint: references,
+    prompt, categories, width, height, steps, guidance, seed, randomise, images, background removal,
+    attention steps (first, last), tolerant crop."""
+    size = {**FAST, **settings}
+    return [
+        references,
+        prompt,
+        categories,
+        size["width"],
+        size["height"],
+        size["steps"],
+        3.5,
+        7,
+        False,
+        images,
+        False,
+        1,
+        100,
+        False,
+    ]
+
+
+def connect(url: str, **kwargs):
+    """A gradio_client for a served app, with the long timeout a CPU generation needs."""
+    return Client(url, verbose=False, httpx_kwargs={"timeout": HTTP_TIMEOUT_S}, **kwargs)
 
 
 def example_references(count: int) -> list[str]:

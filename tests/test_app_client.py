@@ -2,8 +2,15 @@
 ask for a heatmap, send to Annotate, move a point and accept → the review store changed."""
 
 import pytest
-from gradio_client import Client, handle_file
-from studio_fixtures import FAST, box_file, example_references, free_target_point, png_declaring
+from gradio_client import handle_file
+from studio_fixtures import (
+    box_file,
+    connect,
+    example_references,
+    free_target_point,
+    generate_inputs,
+    png_declaring,
+)
 
 from mosaic_studio import DEFAULT_MODEL_DIR
 from mosaic_studio.annotator.records import PointStatus, SampleStatus
@@ -17,7 +24,6 @@ from mosaic_studio.studio.metadata import read_settings
 
 # gradio_client's HTTP calls otherwise wait httpx's default 5 s (its heartbeat 20 s): too short for a
 # generation with the default model on a busy 2-core machine. A hung server still fails, after this long.
-HTTP_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="module")
@@ -30,28 +36,8 @@ def served(tmp_path_factory):
         yield url, folder / "store.db"
 
 
-def connect(url: str) -> Client:
-    return Client(url, verbose=False, httpx_kwargs={"timeout": HTTP_TIMEOUT_S})
-
-
 def generate(client, files, prompt="a blue person, a brown quadruped and a yellow bird on a plain background", **kw):
-    settings = {**FAST, **kw}
-    return client.predict(
-        [handle_file(f) for f in files],
-        prompt,
-        "",
-        settings["width"],
-        settings["height"],
-        settings["steps"],
-        3.5,
-        7,
-        False,
-        settings.get("images", 1),
-        False,
-        1,
-        100,
-        api_name="/generate",
-    )
+    return client.predict(*generate_inputs([handle_file(f) for f in files], prompt, **kw), api_name="/generate")
 
 
 def test_generate_heatmap_annotate_accept(served):

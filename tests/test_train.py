@@ -5,29 +5,12 @@ import csv
 import numpy as np
 import pytest
 import torch
+from train_fixtures import FAST, TINY
 
 from mosaic_studio.mosaic.data.semalign import pixel_to_token
-from mosaic_studio.mosaic.tiny import TinyFluxConfig, build_tiny_pipeline
 from mosaic_studio.train.config import DataConfig, load_config
 from mosaic_studio.train.data import BatchSource
 from mosaic_studio.train.trainer import NonFiniteLoss, checkpoints, train
-
-TINY = TinyFluxConfig(vae_block_out_channels=(16, 32, 64))  # 4x VAE: 8 px per token
-FAST = [
-    "data.target_size=64",
-    "data.ref_size=32",
-    "data.max_subjects=3",
-    "optim.batch_size=2",
-    "optim.warmup_steps=0",
-    "model.max_sequence_length=16",
-    "run.log_every=1",
-    "loss.points_per_reference=8",
-]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipe", TINY, seed=0)
 
 
 def log_losses(run_dir):
@@ -158,3 +141,39 @@ def test_a_semalign_ms_folder_feeds_the_same_batches(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no samples"):
         BatchSource(DataConfig(source=str(tmp_path / "empty")), 1, 8, True, 4)
+
+
+def test_base_reference_batches_carry_references_in_that_fraction_only():
+    config = DataConfig(target_size=64, ref_size=32, max_subjects=4, reference_batches=0.5)
+    mixed = BatchSource(config, batch_size=2, token_size=8, with_references=True, points=4, reference_batches=0.5)
+    carried = [mixed.batch(step).references is not None for step in range(40)]
+    assert 10 < sum(carried) < 30  # about half, deterministically
+    assert [mixed.batch(step).references is not None for step in range(40)] == carried
+    # A batch with references has exactly K subjects per scene; one without may have any number.
+    with_refs = next(mixed.batch(s) for s in range(40) if carried[s])
+    assert with_refs.references.shape[1] == with_refs.num_refs and with_refs.rows is not None
+    # At the default fraction nothing changes: the batches a LoRA or VAE run always saw.
+    plain = BatchSource(config, batch_size=2, token_size=8, with_references=True, points=4)
+    again = BatchSource(config, batch_size=2, token_size=8, with_references=True, points=4, reference_batches=1.0)
+    assert torch.equal(plain.batch(3).references, again.batch(3).references)
+
+
+def test_base_stage_with_references_trains_the_base_through_them():
+    from mosaic_studio.mosaic.pipeline import MosaicPipeline
+    from mosaic_studio.mosaic.tiny import tiny_flux_components
+    from mosaic_studio.train.stages import STAGE_CLASSES
+
+    config = load_config(None, [*FAST, "stage=base", "data.reference_batches=1"])
+    pipe = MosaicPipeline(**tiny_flux_components(TINY, seed=0))
+    stage = STAGE_CLASSES["base"](config)
+    module = stage.trainable(pipe)
+    source = BatchSource(config.data, 2, token_size=8, with_references=True, points=8, reference_batches=1.0)
+    batch = source.batch(0)
+    loss, _ = stage.loss(pipe, module, batch, torch.Generator().manual_seed(0), step=0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    # The references reach the loss: changing them changes it (same noise and timesteps).
+    batch.references = -batch.references
+    changed, _ = stage.loss(pipe, module, batch, torch.Generator().manual_seed(0), step=0)
+    assert not torch.isclose(loss.detach(), changed.detach())
+    assert all(p.grad is not None for p in module.x_embedder.parameters())

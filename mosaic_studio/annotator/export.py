@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
@@ -55,8 +56,19 @@ _DIR_MODE, _FILE_MODE = 0o755, 0o644  # as a plain mkdir / open would leave them
 
 
 def _records(store: ReviewStore, statuses: Sequence[str]) -> list[SampleRecord]:
+    """The samples of these statuses, their paths resolved against the store's folder (the
+    studio's items are stored relative to it), never against the current directory."""
     wanted = {SampleStatus(status) for status in statuses}  # ValueError for an unknown status
-    return [record for record in (store.get_sample(sid) for sid, _ in store.sample_strata()) if record.status in wanted]
+    return [
+        _resolved(store, record)
+        for record in (store.get_sample(sid) for sid, _ in store.sample_strata())
+        if record.status in wanted
+    ]
+
+
+def _resolved(store: ReviewStore, record: SampleRecord) -> SampleRecord:
+    references = tuple(replace(ref, image_path=str(store.resolve_path(ref.image_path))) for ref in record.references)
+    return replace(record, target_path=str(store.resolve_path(record.target_path)), references=references)
 
 
 def _live_points(record: SampleRecord, ref_index: int):

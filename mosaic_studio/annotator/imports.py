@@ -2,7 +2,8 @@
 
 Every imported sample lives on disk as a SemAlign-MS sample folder (mosaic.semalign); the store
 keeps its caption, categories, image paths (absolute, so the store can be opened from anywhere
-on this machine) and points. Export finds the masks and meta again through the target path.
+on this machine; relative to the store's folder for samples kept inside it, see
+`record_from_sample`) and points. Export finds the masks and meta again through the target path.
 
   semalign     a folder of SemAlign-MS sample folders (e.g. `python -m mosaic_studio.annotator propose`
                output: per-point source and confidence come from meta["point_info"])
@@ -43,9 +44,17 @@ SOURCES = {
 FORMATS = tuple(SOURCES)
 
 
-def record_from_sample(sample: Sample, folder: Path, default_source: str) -> SampleRecord:
-    """The store's record of a sample saved in `folder` (its points as proposals)."""
+def record_from_sample(sample: Sample, folder: Path, default_source: str, root: Path | None = None) -> SampleRecord:
+    """The store's record of a sample saved in `folder` (its points as proposals).
+
+    root: record the paths relative to this folder, the store's own (ValueError when `folder`
+    is not inside it): for samples kept beside the store, such as the studio's "send to
+    Annotate" items, so the store finds them from any current directory and wherever the
+    store's folder is moved. Without it, the paths are absolute.
+    """
     folder = folder.resolve()
+    if root is not None:
+        folder = folder.relative_to(Path(root).resolve())
     info = sample.meta.get(POINT_INFO)
     if info is not None and (
         len(info) != len(sample.references)

@@ -62,6 +62,7 @@ __all__ = [
     "StoreError",
     "StoreStats",
     "StoreVersionError",
+    "resolve_stored",
     "SYSTEM_ACTOR",
     "Verdict",
     "VersionConflict",
@@ -170,6 +171,14 @@ def _open_error(path: Path, error: sqlite3.Error) -> StoreError:
     return StoreError(path, f"{'is a damaged (e.g. truncated) database' if damaged else 'cannot be opened'} ({error})")
 
 
+def resolve_stored(store_folder: str | Path, path: str) -> Path:
+    """A file path as the store keeps it: a relative one is relative to the store's folder
+    (where the studio writes its items: the store then works from any current directory and
+    moves with its folder), an absolute one (imports) is used as it is."""
+    file = Path(path)
+    return file if file.is_absolute() else Path(store_folder) / file
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -189,6 +198,9 @@ class ReviewStore:
         modified (no tables added, journal mode unchanged).
         """
         self.path = Path(path)
+        # Resolved now: relative file paths in the store are relative to its folder (see
+        # `resolve_stored`), and a later chdir must not move them.
+        self.folder = self.path.resolve().parent
         self.read_only = read_only
         create = create and not read_only
         _check_file(self.path, create)
@@ -245,6 +257,10 @@ class ReviewStore:
                 "open it once with write access to merge them",
             )
         return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, **options)
+
+    def resolve_path(self, path: str) -> Path:
+        """A sample's target or reference path as a file on this machine (`resolve_stored`)."""
+        return resolve_stored(self.folder, path)
 
     def close(self) -> None:
         self._conn.close()

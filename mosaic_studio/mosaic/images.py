@@ -26,6 +26,12 @@ MIN_IMAGE_SIDE = 32
 BBOX_TOLERANCE = 12
 # The official preprocessing scales the subject's longer side to 0.9 of the canvas.
 REFERENCE_FILL = 0.9
+# `preprocess_reference`'s default crop compares exactly, as the official inference does, so
+# references reach the model as they did in training. A JPEG's noise on a white backdrop then
+# widens the box (the subject comes out smaller); TOLERANT_CROP (this module's BBOX_TOLERANCE,
+# the app's former default) is the opt-in for such photos.
+REFERENCE_CROP_TOLERANCE = 0
+TOLERANT_CROP = BBOX_TOLERANCE
 WHITE = (255, 255, 255)
 
 # Modes that carry an alpha channel; palette/L/RGB images may instead carry a
@@ -33,6 +39,13 @@ WHITE = (255, 255, 255)
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 # What Pillow raises for a file it recognises but cannot decode (corrupt or truncated).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
+# Modes deeper than 8 bits per sample, with the value range that maps onto 0..255 when the
+# pixels lie inside it (see `_deep_to_8_bit`).
+_DEEP_MODES = {
+    **dict.fromkeys(("I;16", "I;16L", "I;16B", "I;16N"), (0.0, 65535.0)),
+    "I": (0.0, 65535.0),
+    "F": (0.0, 1.0),
+}
 
 
 def load_image(obj, *, name: str = "image") -> Image.Image:
@@ -44,7 +57,7 @@ def load_image(obj, *, name: str = "image") -> Image.Image:
     """
     if isinstance(obj, Image.Image):
         _check_dimensions(obj.size, name)
-        return _to_rgb_or_rgba(_load_pixels(obj, name))
+        return _to_rgb_or_rgba(_load_pixels(obj, name), name)
     if isinstance(obj, (str, os.PathLike)):
         path = os.fsdecode(obj)
         with open(path, "rb") as fp:  # a missing file stays FileNotFoundError
@@ -72,7 +85,7 @@ def _decode(fp, label: str) -> Image.Image:
             raise ValueError(f"{label} is not a readable image ({err})") from None
     with image:
         _check_dimensions(image.size, label)  # before any pixel is decoded
-        return _to_rgb_or_rgba(_load_pixels(image, label, upright=True))
+        return _to_rgb_or_rgba(_load_pixels(image, label, upright=True), label)
 
 
 def _load_pixels(image: Image.Image, label: str, upright: bool = False) -> Image.Image:
@@ -116,9 +129,39 @@ def _has_alpha(image: Image.Image) -> bool:
     return image.mode in _ALPHA_MODES or "transparency" in image.info
 
 
-def _to_rgb_or_rgba(image: Image.Image) -> Image.Image:
+def _to_rgb_or_rgba(image: Image.Image, label: str = "image") -> Image.Image:
     """A new image in RGBA when `image` carries transparency, else RGB."""
+    if image.mode in _DEEP_MODES:
+        image = _deep_to_8_bit(image, label)
     return image.convert("RGBA" if _has_alpha(image) else "RGB")
+
+
+def _deep_to_8_bit(image: Image.Image, label: str) -> Image.Image:
+    """An L (or LA, with PNG's tRNS grey value as alpha) copy of a 16/32-bit integer or float image.
+
+    Pillow's own convert("RGB") clips these modes to 0..255 instead of rescaling, so a 16-bit
+    grey PNG (values up to 65535) turns all white. The value range mapped onto 0..255:
+      I;16*: 0..65535, the type's range (exact; a mid-grey stays mid-grey).
+      I:     0..65535 when every value lies in it: Pillow decodes 16-bit PNG/TIFF/PGM data into
+             32-bit I, so this is the source's own range. Otherwise the image's own min..max.
+      F:     0..1 when every value lies in it, as for float arrays (`_from_array`); otherwise the
+             image's own min..max. NaN/inf cannot be mapped and are refused.
+    A constant image outside the nominal range has no min..max to stretch; it is clipped into
+    the nominal range instead (e.g. F 7.0 → white).
+    """
+    values = np.asarray(image).astype(np.float64)  # (H, W); I;16B arrives big-endian, astype normalises
+    if not np.isfinite(values).all():
+        raise ValueError(f"{label} holds NaN or infinite pixel values (mode {image.mode})")
+    low, high = _DEEP_MODES[image.mode]
+    if values.size and (values.min() < low or values.max() > high) and values.max() > values.min():
+        low, high = float(values.min()), float(values.max())
+    grey = np.round((np.clip(values, low, high) - low) * (255.0 / (high - low))).astype(np.uint8)
+    transparent = image.info.get("transparency")
+    if isinstance(transparent, Integral) and not isinstance(transparent, bool):
+        # PNG tRNS on a 16-bit grey image names one raw value; compare before rescaling
+        alpha = np.where(np.asarray(image) == transparent, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.stack([grey, alpha], axis=2))  # (H, W, 2) uint8: mode LA
+    return Image.fromarray(grey)  # (H, W) uint8: mode L
 
 
 def _check_colour(colour, name: str = "background") -> tuple[int, int, int]:
@@ -160,31 +203,45 @@ def subject_bbox(image: Image.Image, background=WHITE, tolerance: float = BBOX_T
     return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
 
 
+def check_crop_tolerance(crop_tolerance) -> None:
+    """Raise ValueError unless `crop_tolerance` is an int in [0, 255] (a per-channel difference)."""
+    if not (_is_int(crop_tolerance) and 0 <= crop_tolerance <= 255):
+        raise ValueError(f"crop_tolerance must be an int in [0, 255], got {crop_tolerance!r}")
+
+
 def preprocess_reference(
     image,
     size: int,
     *,
     fill: float = REFERENCE_FILL,
     background=WHITE,
-    tolerance: float = BBOX_TOLERANCE,
+    crop_tolerance: int = REFERENCE_CROP_TOLERANCE,
 ) -> Image.Image:
     """MOSAIC's reference preprocessing (official inference): a `size`x`size` RGB image.
 
-    Transparent background to `background`, crop to the subject's box, resize (LANCZOS,
-    aspect kept) so its longer side is `fill`*size, paste centred on a `background` square.
+    1. Composite any transparency onto `background` (white).
+    2. Box every pixel of that composite differing from `background` by more than
+       `crop_tolerance` in some channel: 0 (default) is the official exact comparison;
+       TOLERANT_CROP (12) ignores JPEG noise. The box comes from colour, not alpha, as
+       officially: a white subject on a transparent background has no box. With no such
+       pixel (an all-white image) the box is the whole image, so the result is a blank square.
+    3. Crop, and resize (LANCZOS, aspect kept) by s = `fill`*size / longer side to
+       int(w*s) x int(h*s): truncated like the official code (at least 1 px, where the
+       official code would fail on a sliver).
+    4. Paste at ((size - new_w)//2, (size - new_h)//2) on a `background` square.
     `image` is anything `load_image` accepts.
     """
     if not (_is_int(size) and size > 0):
         raise ValueError(f"size must be a positive int, got {size!r}")
     if not (isinstance(fill, Real) and 0 < fill <= 1):
         raise ValueError(f"fill must be in (0, 1], got {fill!r}")
+    check_crop_tolerance(crop_tolerance)
     background = _check_colour(background)
-    image = load_image(image, name="reference")
+    image = flatten_alpha(load_image(image, name="reference"), background)
 
-    box = subject_bbox(image, background, tolerance)
-    subject = flatten_alpha(image, background).crop(box)
-    scale = fill * size / max(subject.size)
-    new_size = tuple(max(1, round(side * scale)) for side in subject.size)
+    subject = image.crop(subject_bbox(image, background, crop_tolerance))
+    scale = fill * size / max(subject.size)  # = official target_size * 0.9 / max(w, h) at the defaults
+    new_size = tuple(max(1, int(side * scale)) for side in subject.size)
     subject = subject.resize(new_size, Image.Resampling.LANCZOS)
 
     canvas = Image.new("RGB", (size, size), background)

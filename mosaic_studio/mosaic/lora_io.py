@@ -3,8 +3,8 @@
 The official checkpoint (`ByteDance-FanQie/MOSAIC`, `subject_512.safetensors`) is a state dict
 as written by `FluxPipeline.save_lora_weights` from a peft LoRA: keys
 `transformer.<module>.lora_A.weight` (rank × in) and `transformer.<module>.lora_B.weight`
-(out × rank). Keys are checked against the transformer before anything is loaded, so a wrong
-file fails whole, with the offending keys named.
+(out × rank). Keys and values are checked against the transformer before anything is loaded, so
+a wrong file fails whole, with the offending keys named, and leaves the pipeline as it was.
 """
 
 from __future__ import annotations
@@ -58,6 +58,37 @@ def lora_key_problems(state_dict: dict[str, torch.Tensor], transformer: torch.nn
     return problems
 
 
+def lora_value_problems(state_dict: dict[str, torch.Tensor], transformer: torch.nn.Module) -> list[str]:
+    """Every tensor of `state_dict` holding NaN/inf, or values the transformer's dtype cannot hold.
+
+    One NaN in a LoRA factor spreads through every attention row: the pipeline would only ever
+    produce black images, so such a file is refused rather than loaded.
+    """
+    dtype = next(transformer.parameters()).dtype
+    problems = []
+    for key, tensor in state_dict.items():
+        if not tensor.is_floating_point():
+            continue  # integer tensors are refused by their key or shape, and are always finite
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            problems.append(f"{key}: {bad} of {tensor.numel()} values are NaN or infinite")
+            continue
+        # loading casts to the transformer's dtype: 1e6 is finite in float32 but inf in float16
+        cast_bad = int((~torch.isfinite(tensor.to(dtype))).sum())
+        if cast_bad:
+            problems.append(
+                f"{key}: {cast_bad} of {tensor.numel()} values overflow {dtype} (largest {dtype} value: "
+                f"{torch.finfo(dtype).max:.4g})"
+            )
+    return problems
+
+
+def _listed(problems: list[str]) -> str:
+    """The first _SHOWN_KEYS problems, one per indented line, and how many more there are."""
+    shown = "".join(f"\n  {problem}" for problem in problems[:_SHOWN_KEYS])
+    return shown + (f"\n  … and {len(problems) - _SHOWN_KEYS} more" if len(problems) > _SHOWN_KEYS else "")
+
+
 class MosaicLoraMixin:
     """`load_mosaic_lora` / `save_mosaic_lora` for a FluxPipeline subclass."""
 
@@ -74,9 +105,14 @@ class MosaicLoraMixin:
         state_dict = self.lora_state_dict(path_or_hub_id, weight_name=weight_name, **kwargs)
         problems = lora_key_problems(state_dict, self.transformer)
         if problems:
-            shown = "\n  ".join(problems[:_SHOWN_KEYS])
-            more = f"\n  … and {len(problems) - _SHOWN_KEYS} more" if len(problems) > _SHOWN_KEYS else ""
-            raise ValueError(f"{path_or_hub_id!s} is not a MOSAIC LoRA for this transformer:\n  {shown}{more}")
+            raise ValueError(f"{path_or_hub_id!s} is not a MOSAIC LoRA for this transformer:{_listed(problems)}")
+        problems = lora_value_problems(state_dict, self.transformer)
+        if problems:  # checked before loading, so a refused file leaves the pipeline untouched
+            dtype = next(self.transformer.parameters()).dtype
+            raise ValueError(
+                f"{path_or_hub_id!s} is not a usable MOSAIC LoRA:{_listed(problems)}\n"
+                f"every value must be finite and fit {dtype}"
+            )
         self.load_lora_weights(state_dict, adapter_name=adapter_name)
         self.set_adapters([adapter_name])
 

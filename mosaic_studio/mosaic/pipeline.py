@@ -18,16 +18,25 @@ from diffusers.utils import BaseOutput
 
 from mosaic_studio.mosaic.attention import install_mosaic_processors
 from mosaic_studio.mosaic.data.semalign import MAX_REFERENCES  # the official model was trained with up to six
-from mosaic_studio.mosaic.images import load_image, preprocess_reference
+from mosaic_studio.mosaic.images import (
+    REFERENCE_CROP_TOLERANCE,
+    check_crop_tolerance,
+    load_image,
+    preprocess_reference,
+)
 from mosaic_studio.mosaic.latents import encode_latents, pixels_per_token, resolution_shift
 from mosaic_studio.mosaic.lora_io import MosaicLoraMixin
 from mosaic_studio.mosaic.probe import all_double_blocks
 from mosaic_studio.mosaic.record import AttentionRecord, AttentionRecorder
 from mosaic_studio.mosaic.transformer import TIMESTEP_SCALE, mosaic_forward, reference_position_ids
-from mosaic_studio.mosaic.validation import CallInputs, check_call_inputs
+from mosaic_studio.mosaic.validation import (  # noqa: F401 (FLUX_MAX_SEQUENCE_LENGTH is imported from here)
+    FLUX_MAX_SEQUENCE_LENGTH,
+    CallInputs,
+    check_call_inputs,
+    max_sequence_limit,
+)
 
 OFFICIAL_REFERENCE_SIZE = 512  # references are preprocessed to this size for the official LoRA
-FLUX_MAX_SEQUENCE_LENGTH = 512  # the longest T5 prompt FLUX accepts
 
 
 def default_settings(pipe) -> dict:
@@ -86,14 +95,16 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
         return max(self.pixels_per_token, side // self.pixels_per_token * self.pixels_per_token)
 
     @torch.no_grad()
-    def encode_references(self, reference_images: Sequence, size: int, device, dtype):
-        """Preprocess (the official subject crop and white pad, `images.preprocess_reference`) and
-        VAE-encode reference images.
+    def encode_references(
+        self, reference_images: Sequence, size: int, device, dtype, crop_tolerance: int = REFERENCE_CROP_TOLERANCE
+    ):
+        """Preprocess (the official subject crop and white pad, `images.preprocess_reference`, with
+        its `crop_tolerance`) and VAE-encode reference images.
 
         Returns reference_latents (K, N_ref, C), position ids (K·N_ref, 3) and the (rows, cols)
         token grid. The posterior mode is used so a generation depends only on its seed.
         """
-        images = [preprocess_reference(image, size) for image in reference_images]
+        images = [preprocess_reference(image, size, crop_tolerance=crop_tolerance) for image in reference_images]
         pixels = self.image_processor.preprocess(images, height=size, width=size)
         reference_latents, grid = encode_latents(self, pixels, device=device, dtype=dtype)  # (K, N_ref, 4·C_lat)
         ids = reference_position_ids(len(images), *grid, device=device, dtype=dtype)
@@ -142,6 +153,7 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
         *,
         negative_prompt: str = "",
         reference_size: int | None = None,
+        reference_crop_tolerance: int = REFERENCE_CROP_TOLERANCE,
         attention_blocks: Sequence[str] | None = None,
         attention_steps: tuple[int, int] | None = None,
         max_sequence_length: int | None = None,
@@ -149,9 +161,13 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
         """Generate images containing every referenced subject.
 
         reference_images: 0–6 subject images (PIL images, arrays or file paths), one per subject.
+        reference_crop_tolerance: `images.preprocess_reference`'s crop_tolerance; 0 (default) crops
+        as the official inference, `images.TOLERANT_CROP` ignores a JPEG's noisy white background.
         guidance_scale is embedded guidance for guidance-distilled models (FLUX.1-dev) and
         classifier-free guidance otherwise (uncond = `negative_prompt` with the same
-        references; ≤ 1 disables it). record_attention keeps, per reference, its
+        references; ≤ 1 disables it); it must be finite, in [0, 100]. max_sequence_length (T5
+        tokens; default and upper bound: FLUX's 512 or the T5 tokenizer's limit if smaller) and
+        num_inference_steps (1–1000) are checked too, before any work. record_attention keeps, per reference, its
         (N_ref × N_tgt) map averaged over heads, `attention_blocks` (default: every double
         block) and `attention_steps` = [start, end) (default: all steps).
         """
@@ -161,11 +177,14 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
         reference_images = [
             load_image(image, name=f"reference {i + 1}") for i, image in enumerate(reference_images or [])
         ]
+        check_crop_tolerance(reference_crop_tolerance)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         reference_size = reference_size or self.default_reference_size(height, width)
         attention_steps = attention_steps or (0, num_inference_steps)
-        # T5 pads every prompt to this length; FLUX's 512 is wasted on a tokenizer that stops earlier
-        max_sequence_length = max_sequence_length or min(FLUX_MAX_SEQUENCE_LENGTH, self.tokenizer_2.model_max_length)
+        # T5 pads every prompt to this length; FLUX's 512 is wasted on a tokenizer that stops earlier.
+        # `is None`, not `or`: an explicit 0 is an error to report, not a request for the default.
+        if max_sequence_length is None:
+            max_sequence_length = max_sequence_limit(self)
         check_call_inputs(
             self,
             CallInputs(
@@ -179,6 +198,8 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
                 output_type=output_type,
                 attention_steps=attention_steps,
                 callback=callback_on_step_end,
+                guidance_scale=guidance_scale,
+                max_sequence_length=max_sequence_length,
             ),
         )
         device = self._execution_device
@@ -209,7 +230,7 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
         ref_grid = (0, 0)
         if reference_images:
             reference_latents, reference_ids, ref_grid = self.encode_references(
-                reference_images, reference_size, device, dtype
+                reference_images, reference_size, device, dtype, reference_crop_tolerance
             )
             reference_latents = reference_latents.unsqueeze(0).expand(batch, -1, -1, -1)  # (K, …) → (B, K, N_ref, C)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 
 import torch
 
@@ -48,21 +49,38 @@ class AttentionRecord:
         return self._cached[names]
 
     def reference_token(self, x: float, y: float) -> int:
-        """Token index (row-major) of reference pixel (x, y)."""
+        """Token index (row-major) of reference pixel (x, y), with 0 ≤ x < width and 0 ≤ y < height
+        of the reference in pixels; ValueError names a coordinate outside it. No clamping here: a
+        silently moved point would show another token's map (callers clamp clicks themselves)."""
         rows, cols = self.reference_grid
-        col = min(max(int(x // self.pixels_per_token), 0), cols - 1)
-        row = min(max(int(y // self.pixels_per_token), 0), rows - 1)
-        return row * cols + col
+        for label, value, side in (("x", x, cols), ("y", y, rows)):
+            limit = side * self.pixels_per_token
+            if not (isinstance(value, Real) and not isinstance(value, bool) and 0 <= value < limit):
+                raise ValueError(f"{label}={value} is outside [0, {limit}) (the reference's pixels)")
+        return int(y // self.pixels_per_token) * cols + int(x // self.pixels_per_token)
 
     def heatmap(self, reference: int, x: float, y: float, image: int = 0, blocks=None) -> torch.Tensor:
-        """(rows, cols) attention of reference pixel (x, y) over the target token grid."""
-        row = self.maps(blocks)[image, reference, self.reference_token(x, y)]  # (N_tgt,)
+        """(rows, cols) attention of reference pixel (x, y) over the target token grid.
+
+        reference and image are 0-based; negative indices are refused, not counted from the end,
+        so an off-by-one in a caller fails instead of showing the last reference."""
+        maps = self.maps(blocks)  # (num_images, K, N_ref, N_tgt)
+        _check_index("reference", reference, maps.shape[1])
+        _check_index("image", image, maps.shape[0])
+        row = maps[image, reference, self.reference_token(x, y)]  # (N_tgt,)
         return row.reshape(self.target_grid)
 
     def overview(self, image: int = 0, blocks=None) -> torch.Tensor:
         """(K, rows, cols): each reference's attention averaged over all its tokens."""
         maps = self.maps(blocks)[image].mean(dim=1)  # (K, N_tgt)
         return maps.reshape(-1, *self.target_grid)
+
+
+def _check_index(label: str, value, count: int) -> None:
+    if not isinstance(value, Integral) or isinstance(value, bool):
+        raise IndexError(f"{label} must be an int in [0, {count - 1}], got {value!r}")
+    if not 0 <= value < count:
+        raise IndexError(f"{label}={value} is outside [0, {count - 1}] ({count} recorded)")
 
 
 class AttentionRecorder:

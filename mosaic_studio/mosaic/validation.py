@@ -3,8 +3,10 @@ and each error names the bad value."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Any
 
 from mosaic_studio.mosaic.images import check_size
@@ -12,6 +14,24 @@ from mosaic_studio.mosaic.images import check_size
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 MAX_SIDE = 4096  # FLUX positions are trained up to ~2 MP; 4096 px is far beyond useful
 MAX_IMAGES_PER_PROMPT = 16
+# FLUX's flow-matching scheduler is trained on 1000 timesteps; more steps only repeat them, and a
+# typo like 100000 would run for hours.
+MAX_INFERENCE_STEPS = 1000
+# Guidance: FLUX.1-dev's embedded guidance is trained around 1–10 and classifier-free guidance is
+# useful up to ~20; 100 leaves room to experiment while inf/1e30/NaN (black images) or a negative
+# scale (pushes away from the prompt) are refused.
+GUIDANCE_RANGE = (0.0, 100.0)
+FLUX_MAX_SEQUENCE_LENGTH = 512  # the longest T5 prompt FLUX accepts (FluxPipeline refuses more)
+
+
+def max_sequence_limit(pipe) -> int:
+    """The longest T5 prompt `pipe` takes: FLUX's 512, or its T5 tokenizer's limit if shorter
+    (the tiny default's is 128). A tokenizer without a limit reports a huge model_max_length."""
+    return min(FLUX_MAX_SEQUENCE_LENGTH, int(pipe.tokenizer_2.model_max_length))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)  # numpy ints too
 
 
 @dataclass(frozen=True)
@@ -28,6 +48,8 @@ class CallInputs:
     output_type: str
     attention_steps: tuple[int, int]
     callback: Callable | None
+    guidance_scale: Any = 3.5  # defaults keep callers that predate these checks working
+    max_sequence_length: Any = None  # None: not checked (the pipeline always passes its value)
 
 
 def check_call_inputs(pipe, inputs: CallInputs) -> None:
@@ -44,8 +66,25 @@ def check_call_inputs(pipe, inputs: CallInputs) -> None:
     token = pipe.pixels_per_token
     check_size(inputs.height, inputs.width, token, min_side=2 * token, max_side=MAX_SIDE)
     check_size(inputs.reference_size, inputs.reference_size, token, min_side=2 * token, max_side=MAX_SIDE)
-    if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
+    if not _is_int(num_inference_steps) or not 1 <= num_inference_steps <= MAX_INFERENCE_STEPS:
+        raise ValueError(
+            f"num_inference_steps must be an int in [1, {MAX_INFERENCE_STEPS}], got {num_inference_steps!r}"
+        )
+    guidance, (low, high) = inputs.guidance_scale, GUIDANCE_RANGE
+    if not (
+        isinstance(guidance, Real)
+        and not isinstance(guidance, bool)
+        and math.isfinite(guidance)
+        and low <= guidance <= high
+    ):
+        raise ValueError(f"guidance_scale must be a finite number in [{low:g}, {high:g}], got {guidance!r}")
+    length = inputs.max_sequence_length
+    if length is not None:
+        limit = max_sequence_limit(pipe)
+        if not _is_int(length) or not 1 <= length <= limit:
+            raise ValueError(
+                f"max_sequence_length must be an int in [1, {limit}] (this pipeline's T5 limit), got {length!r}"
+            )
     if not isinstance(num_images_per_prompt, int) or not 1 <= num_images_per_prompt <= MAX_IMAGES_PER_PROMPT:
         raise ValueError(
             f"num_images_per_prompt must be an int in [1, {MAX_IMAGES_PER_PROMPT}], got {num_images_per_prompt!r}"

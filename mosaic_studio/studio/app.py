@@ -10,12 +10,15 @@ variables (`mosaic-studio --help`, `mosaic_studio/studio/options.py`).
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import gradio as gr
 
 from mosaic_studio.annotator.store import ReviewStore
 from mosaic_studio.studio import space  # noqa: F401  first: ZeroGPU wants `spaces` imported before anything touches CUDA
+from mosaic_studio.studio.access import Access
+from mosaic_studio.studio.limits import MAX_UPLOAD_BYTES
 from mosaic_studio.studio.options import default_store_path, parse_args
 from mosaic_studio.studio.tabs import annotate, attention, generate
 
@@ -27,6 +30,15 @@ subject images, describe the scene, generate; then see where each reference poin
 review correspondence points."""
 
 
+class StudioBlocks(gr.Blocks):
+    """gr.Blocks whose launch limits uploads to limits.MAX_UPLOAD_BYTES unless told otherwise:
+    gradio takes max_file_size from launch() only, so however the studio is served (main, a
+    Space, tests) an oversized upload is refused while it streams in."""
+
+    def launch(self, *args, max_file_size: str | int | None = MAX_UPLOAD_BYTES, **kwargs):
+        return super().launch(*args, max_file_size=max_file_size, **kwargs)
+
+
 def build_demo(
     pipe,
     *,
@@ -34,10 +46,14 @@ def build_demo(
     outputs_dir: str | Path | None = None,
     model_info: dict | None = None,
     max_queue: int = 20,
+    admin: bool = False,
+    annotators: Iterable[str] | None = None,
 ) -> gr.Blocks:
     """The studio on `pipe` (a MosaicPipeline). store: the review store's path (created when
     missing; default: the user data folder). outputs_dir: where generated PNGs and exports go
-    (default: a new temporary folder). max_queue: requests allowed to wait.
+    (default: a new temporary folder). max_queue: requests allowed to wait. admin: the Annotate
+    tab may re-draw the stratified sample. annotators: when given, the only names reviews are
+    saved under (under gradio auth, the logged-in user is the only one in any case).
 
     Generations run one at a time (the pipeline and its scheduler hold per-call state); the
     other events (clicks, annotation) run up to UI_CONCURRENCY at once."""
@@ -47,8 +63,9 @@ def build_demo(
     outputs_dir = Path(outputs_dir or tempfile.mkdtemp(prefix="mosaic-studio-"))
     outputs_dir.mkdir(parents=True, exist_ok=True)
     model_info = model_info or {"model": str(getattr(pipe, "name_or_path", "") or "")}
+    access = Access.of(admin=admin, annotators=annotators)
 
-    with gr.Blocks(title="MOSAIC Studio") as demo:
+    with StudioBlocks(title="MOSAIC Studio") as demo:
         gr.Markdown(INTRO)
         generation = gr.State(None, time_to_live=SESSION_TTL_S)  # this session's latest studio.session.Generation
         with gr.Tabs() as tabs:
@@ -57,7 +74,7 @@ def build_demo(
             with gr.Tab("Attention", id="attention"):
                 attention_ui = attention.build()
             with gr.Tab("Annotate", id="annotate", elem_id="annotate-tab"):
-                annotate_ui = annotate.build()
+                annotate_ui = annotate.build(admin=access.admin)
         generated = generate.wire(
             generate_ui, pipe=pipe, generation=generation, outputs_dir=outputs_dir, model_info=model_info
         )
@@ -68,8 +85,9 @@ def build_demo(
             store_path=store_path,
             annotate_ui=annotate_ui,
             tabs=tabs,
+            access=access,
         )
-        annotate.wire(annotate_ui, store_path=store_path, outputs_dir=outputs_dir)
+        annotate.wire(annotate_ui, store_path=store_path, outputs_dir=outputs_dir, access=access)
         demo.load(None, js=annotate.SHORTCUTS_JS)
     return demo.queue(default_concurrency_limit=UI_CONCURRENCY, max_size=max_queue)
 
@@ -89,6 +107,11 @@ def main(argv=None) -> None:
         quantize=args.quantize,
     )
     demo = build_demo(
-        pipe, store=args.store, model_info={"model": args.model, "lora": args.lora}, max_queue=args.max_queue
+        pipe,
+        store=args.store,
+        model_info={"model": args.model, "lora": args.lora},
+        max_queue=args.max_queue,
+        admin=args.admin,
+        annotators=args.annotators,
     )
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mosaic_studio.mosaic.images import preprocess_reference
+from mosaic_studio.mosaic.images import REFERENCE_CROP_TOLERANCE, check_crop_tolerance, preprocess_reference
 from mosaic_studio.mosaic.probe import all_blocks
 from mosaic_studio.studio.limits import MAX_PROMPT_CHARS, MAX_PROMPT_TOKENS
 from mosaic_studio.studio.metadata import save_png
@@ -40,6 +40,9 @@ class Request:
     num_images: int
     attention_first: int = 1  # record attention over steps first..last, 1-based inclusive
     attention_last: int = MAX_STEPS  # clamped to `steps`
+    # `preprocess_reference`'s crop_tolerance: 0 crops as the official inference; kept in the
+    # PNG settings because it changes what the model sees.
+    reference_crop_tolerance: int = REFERENCE_CROP_TOLERANCE
 
     def check(self) -> Request:
         for name, value, low, high in (
@@ -59,6 +62,7 @@ class Request:
             raise ValueError(
                 f"attention steps {self.attention_first}–{self.attention_last} do not lie in 1–{self.steps}"
             )
+        check_crop_tolerance(self.reference_crop_tolerance)
         return self
 
     @property
@@ -147,6 +151,7 @@ def generate(
         callback_on_step_end=callback,
         record_attention=bool(images),
         reference_size=reference_size,
+        reference_crop_tolerance=request.reference_crop_tolerance,
         attention_blocks=blocks,
         attention_steps=request.attention_steps,
     )
@@ -171,7 +176,9 @@ def generate(
         )
         for i, image in enumerate(out.images)
     ]
-    reference_images = [preprocess_reference(image, reference_size) for image in images]  # as the pipeline saw them
+    reference_images = [  # as the pipeline saw them
+        preprocess_reference(image, reference_size, crop_tolerance=request.reference_crop_tolerance) for image in images
+    ]
     return Generation(
         settings=settings,
         images=list(out.images),

@@ -13,10 +13,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def launched(demo):
-    """Serve `demo` on 127.0.0.1 at a free port; yields its URL and closes it afterwards."""
+def launched(demo, **launch_kwargs):
+    """Serve `demo` on 127.0.0.1 at a free port; yields its URL and closes it afterwards.
+    launch_kwargs go to demo.launch (e.g. auth)."""
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

@@ -6,12 +6,29 @@ attention row peaks at. A token's reference point is its centre when that pixel 
 subject, else the token's subject pixel nearest the centre: a mostly covered token's centre can
 still fall on white (between a quadruped's legs, say), the more so the smaller the tokens
 (8 px with a 4x VAE). Eq. 2 (no target token claimed by two references) is kept by skipping
-a candidate whose peak another reference already claimed. The images are written beside the
-review store, and the sample is added to it for review like any other.
+a candidate whose peak another reference already claimed, at the model's tokens and at the
+SemAlign-MS token size (16 px, what the training export validates): a model with smaller tokens
+could otherwise propose two references' points inside one 16 px token.
+
+The item is a complete SemAlign-MS sample folder (mosaic.data.semalign, written and validated by
+`save_sample`) inside the store's folder, registered as imports register theirs
+(`annotator.imports.record_from_sample`) with paths relative to the store's folder, so the
+training export reads it from any current directory. Target: the generated image; references:
+the preprocessed references the model saw; caption: the prompt; the proposed points as the
+correspondences (meta["point_info"]: source and confidence).
+
+Subject masks (`subject_masks`): the target tokens each reference's attention claims. A
+reference's heat over the target is the mean attention row of its subject tokens; each target
+token goes to the reference of highest heat, except that a token holding a proposed point goes
+to that point's reference (the same disjoint, Eq. 2 assignment as the points); a reference's
+mask is its tokens where its heat is above uniform attention (1 / N_tgt), plus its points'
+tokens, upsampled to pixels. So the masks are disjoint (masks_exclusive) and every proposed
+point lies in its own mask; they are coarse (token-sized), for the annotator to judge.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from pathlib import Path
@@ -20,8 +37,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mosaic_studio.annotator.records import PointRecord, ReferenceRecord, SampleRecord
+from mosaic_studio.annotator.imports import record_from_sample
+from mosaic_studio.annotator.propose import POINT_INFO
+from mosaic_studio.annotator.records import PointRecord, SampleRecord
+from mosaic_studio.mosaic.data.semalign import CATEGORIES, DEFAULT_TOKEN_SIZE, Reference, Sample, save_sample
 from mosaic_studio.mosaic.images import BBOX_TOLERANCE
+from mosaic_studio.studio.references import DEFAULT_CATEGORY
 from mosaic_studio.studio.session import Generation
 
 SOURCE = "attention"  # the `source` of a proposed point in the store
@@ -29,7 +50,8 @@ POINTS_PER_REFERENCE = 6
 # A token is inside the subject when this share of its pixels is not white: mostly-covered
 # tokens, so proposals sit on the subject rather than on its outline.
 SUBJECT_FRACTION = 0.75
-ITEMS_FOLDER = "studio-items"  # beside the store: one folder of images per sent sample
+ITEMS_FOLDER = "studio-items"  # beside the store: one SemAlign-MS sample folder per sent sample
+STUDIO_META = "studio"  # meta key: how the item was made (generation settings, mask rule)
 COVERAGE_SAMPLES = 16  # pixels per token side at which a token's subject share is measured
 
 
@@ -113,14 +135,18 @@ def propose_points(
 ) -> list[PointRecord]:
     """maps: (K, N_ref, N_tgt) of one image. Up to `per_reference` points per reference."""
     claimed: dict[int, int] = {}  # target token → reference that claimed it (Eq. 2)
+    cells: dict[tuple[int, int], int] = {}  # the same at the SemAlign-MS token size
     points = []
     for k, reference in enumerate(reference_images):
         taken, subject = 0, foreground(reference)
         for u in farthest_order(subject_tokens(reference, reference_grid), reference_grid):
             row = maps[k, u]  # (N_tgt,)
             v = int(row.argmax())
-            if claimed.setdefault(v, k) != k:
+            x, y = _centre(v, target_grid, target_size)
+            cell = (int(y // DEFAULT_TOKEN_SIZE), int(x // DEFAULT_TOKEN_SIZE))
+            if claimed.get(v, k) != k or cells.get(cell, k) != k:
                 continue
+            claimed[v], cells[cell] = k, k
             points.append(
                 PointRecord(
                     ref_index=k,
@@ -141,6 +167,60 @@ def new_sample_id() -> str:
     return f"studio-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
+def subject_masks(
+    maps: torch.Tensor,
+    reference_images: list[Image.Image],
+    reference_grid,
+    target_grid,
+    target_size: tuple[int, int],
+    points: list[PointRecord],
+) -> list[np.ndarray]:
+    """Per reference, its subject's (H, W) bool mask in the target: the tokens its attention
+    claims (module docstring). maps: (K, N_ref, N_tgt) of one image."""
+    rows, cols = target_grid
+    heat = torch.stack(
+        [
+            maps[k, torch.as_tensor(subject_tokens(reference, reference_grid))].float().mean(dim=0)
+            for k, reference in enumerate(reference_images)
+        ]
+    )  # (K, N_tgt)
+    heat = (heat / heat.sum(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
+    owner = heat.argmax(axis=0)  # (N_tgt,): ties go to the first reference
+    forced = {}  # target token of a proposed point → its reference
+    for point in points:
+        x, y = point.target_xy
+        forced[int(y * rows / target_size[1]) * cols + int(x * cols / target_size[0])] = point.ref_index
+    for token, k in forced.items():
+        owner[token] = k
+    tokens = []
+    for k in range(len(reference_images)):
+        mine = (owner == k) & (heat[k] > 1.0 / heat.shape[1])
+        mine[[token for token, j in forced.items() if j == k]] = True
+        if not mine.any():  # no proposed point and never the strongest: its hottest free token
+            free = [int(t) for t in np.argsort(-heat[k], kind="stable") if int(t) not in forced]
+            if free:  # taken from whichever reference had it, so the masks stay disjoint
+                owner[free[0]] = k
+                mine[free[0]] = True
+                for other in tokens:
+                    other[free[0]] = False
+        tokens.append(mine)
+    # token (r, c) covers pixels [c·W/cols, (c+1)·W/cols) × [r·H/rows, (r+1)·H/rows)
+    width, height = target_size
+    pixel_rows = (np.arange(height) * rows) // height
+    pixel_cols = (np.arange(width) * cols) // width
+    return [mine.reshape(rows, cols)[pixel_rows][:, pixel_cols] for mine in tokens]
+
+
+def _category(tag: str) -> tuple[str, str]:
+    """(SemAlign-MS category, label) of a user's tag: a tag that is no SemAlign-MS category
+    (which allows only human / animal / object) is kept as the finer label."""
+    return (tag, "") if tag in CATEGORIES else (DEFAULT_CATEGORY, tag)
+
+
+def _json_safe(value):
+    return json.loads(json.dumps(value, default=str))
+
+
 def review_item(
     generation: Generation,
     image_index: int,
@@ -148,29 +228,49 @@ def review_item(
     store_dir: str | Path,
     per_reference: int = POINTS_PER_REFERENCE,
 ) -> SampleRecord:
-    """Write the generated image and its references under `store_dir`/studio-items/<id>/ and
-    return the sample to add, its paths relative to `store_dir`. maps: (num_images, K, N_ref, N_tgt)."""
+    """Write the sample folder `store_dir`/studio-items/<id>/ (a validated SemAlign-MS sample)
+    and return the sample to add, its paths relative to `store_dir` (the store's folder).
+    maps: (num_images, K, N_ref, N_tgt). ValueError (a SampleError) when the sample breaks a
+    SemAlign-MS rule; nothing is written then."""
     if generation.record is None:
         raise ValueError("this generation has no references, so nothing to annotate")
     if not 0 <= image_index < len(generation.images):
         raise ValueError(f"there is no generated image {image_index + 1}")
     sample_id = new_sample_id()
-    folder = Path(ITEMS_FOLDER) / sample_id
-    (Path(store_dir) / folder).mkdir(parents=True, exist_ok=False)
-    target = generation.images[image_index]
-    target.save(Path(store_dir) / folder / "target.png")
-    references = []
-    for k, (image, category) in enumerate(zip(generation.reference_images, generation.categories)):
-        image.save(Path(store_dir) / folder / f"ref_{k}.png")
-        references.append(ReferenceRecord(k, str(folder / f"ref_{k}.png"), category))
+    target = generation.images[image_index].convert("RGB")
+    record = generation.record
     points = propose_points(
         maps[image_index],
         generation.reference_images,
-        generation.record.reference_grid,
-        generation.record.target_grid,
+        record.reference_grid,
+        record.target_grid,
         target.size,
         per_reference,
     )
-    return SampleRecord(
-        sample_id, generation.settings.get("prompt", ""), str(folder / "target.png"), tuple(references), tuple(points)
+    masks = subject_masks(
+        maps[image_index], generation.reference_images, record.reference_grid, record.target_grid, target.size, points
     )
+    references, info = [], []
+    for k, (image, mask, tag) in enumerate(zip(generation.reference_images, masks, generation.categories)):
+        mine = [p for p in points if p.ref_index == k]
+        references.append(
+            Reference(
+                np.asarray(image.convert("RGB")),
+                mask,
+                [p.ref_xy for p in mine],
+                [p.target_xy for p in mine],
+                *_category(tag),
+            )
+        )
+        info.append({"source": [p.source for p in mine], "confidence": [p.confidence for p in mine]})
+    meta = {
+        POINT_INFO: info,
+        STUDIO_META: {
+            "image": image_index + 1,
+            "settings": _json_safe(generation.settings),
+            "mask": "attention-claimed target tokens",
+        },
+    }
+    sample = Sample(sample_id, np.asarray(target), generation.settings.get("prompt", ""), references, True, meta)
+    folder = save_sample(sample, Path(store_dir) / ITEMS_FOLDER / sample_id, DEFAULT_TOKEN_SIZE)
+    return record_from_sample(sample, folder, SOURCE, root=store_dir)

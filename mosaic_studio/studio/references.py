@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from mosaic_studio.mosaic.images import load_image, preprocess_reference
+from mosaic_studio.mosaic.images import MAX_IMAGE_PIXELS, REFERENCE_CROP_TOLERANCE, load_image, preprocess_reference
 from mosaic_studio.mosaic.pipeline import MAX_REFERENCES
 from mosaic_studio.studio.background import remove_background
 from mosaic_studio.studio.limits import MAX_REQUEST_PIXELS, MAX_UPLOAD_BYTES, MAX_UPLOAD_MB
@@ -40,26 +40,44 @@ def _label(index: int, path: str) -> str:
     return f"reference {index + 1} ({Path(path).name})"
 
 
-def _declared_pixels(path: str) -> int:
-    """Width × height from the image header, nothing decoded; 0 when the header is unreadable
-    (decoding then names the problem)."""
+def _load(index: int, path: str) -> Image.Image:
+    name = _label(index, path)
+    try:
+        return load_image(path, name=name)
+    except FileNotFoundError as error:
+        raise ValueError(f"{name} is missing: upload it again") from error
+    except ValueError as error:  # load_image names the file by its full path
+        raise ValueError(str(error).replace(path, Path(path).name)) from error
+
+
+def _declared_pixels(path: str) -> int | None:
+    """Width × height from the image header, nothing decoded; None when the header is unreadable
+    or declares a decompression bomb (Pillow then refuses to open it)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 return image.width * image.height
-    except Exception:  # any unreadable header: load_image reports it with its own wording
-        return 0
+    except Exception:  # whatever the reason, load_image names it in its own words
+        return None
 
 
 def check_budget(paths: list[str]) -> None:
-    """File size per upload and decoded pixels per request (limits.py), before decoding anything:
-    the upload route's own size limit does not cover files that reach a handler another way."""
+    """File size per upload, then pixels per request (limits.py), before any upload is decoded:
+    gradio's upload limit does not cover files that reach a handler another way (examples, URLs)."""
     for i, path in enumerate(paths):
         size = os.path.getsize(path) if os.path.isfile(path) else 0  # a missing file is named when loading
         if size > MAX_UPLOAD_BYTES:
-            raise ValueError(f"{_label(i, path)} is {size / 2**20:.1f} MB; an upload may be at most {MAX_UPLOAD_MB} MB")
-    total = sum(_declared_pixels(path) for path in paths)
+            raise ValueError(
+                f"{_label(i, path)} is {size:,} bytes; an upload may be at most {MAX_UPLOAD_MB} MB "
+                f"({MAX_UPLOAD_BYTES:,} bytes)"
+            )
+    total = 0
+    for i, path in enumerate(paths):
+        pixels = _declared_pixels(path)
+        if pixels is None or pixels > MAX_IMAGE_PIXELS:
+            _load(i, path)  # refuses it by name from its header, before the others are decoded
+        total += pixels or 0
     if total > MAX_REQUEST_PIXELS:
         raise ValueError(
             f"the references hold {total / 1e6:.1f} MP together; one request may hold at most "
@@ -75,23 +93,21 @@ def load_references(files, remove_bg: bool = False) -> tuple[list[Image.Image], 
     check_budget(paths)
     images, names = [], []
     for i, path in enumerate(paths):
-        name = _label(i, path)
-        try:
-            image = load_image(path, name=name)
-        except FileNotFoundError:
-            raise ValueError(f"{name} is missing: upload it again") from error
-        except ValueError as error:  # load_image names the file by its full path
-            raise ValueError(str(error).replace(path, Path(path).name)) from error
-        images.append(remove_background(image, name=name) if remove_bg else image)
+        image = _load(i, path)
+        images.append(remove_background(image, name=_label(i, path)) if remove_bg else image)
         names.append(Path(path).name)
     return images, names
 
 
-def preview(files, remove_bg: bool = False, size: int = PREVIEW_SIZE) -> list[tuple[Image.Image, str]]:
-    """(preprocessed reference, caption) per upload, for a gallery."""
+def preview(
+    files, remove_bg: bool = False, size: int = PREVIEW_SIZE, crop_tolerance: int = REFERENCE_CROP_TOLERANCE
+) -> list[tuple[Image.Image, str]]:
+    """(preprocessed reference, caption) per upload, for a gallery; `crop_tolerance` as the
+    generation will use it, so the preview shows the crop the model gets."""
     images, names = load_references(files, remove_bg)
     return [
-        (preprocess_reference(image, size), f"{i + 1}: {name}") for i, (image, name) in enumerate(zip(images, names))
+        (preprocess_reference(image, size, crop_tolerance=crop_tolerance), f"{i + 1}: {name}")
+        for i, (image, name) in enumerate(zip(images, names))
     ]
 
 

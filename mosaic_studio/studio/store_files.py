@@ -7,6 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from mosaic_studio.annotator.store import resolve_stored
 from mosaic_studio.mosaic.images import load_image
 
 
@@ -15,8 +16,7 @@ def store_folder(store_path: str | Path) -> Path:
 
 
 def resolve(store_path: str | Path, image_path: str) -> Path:
-    path = Path(image_path)
-    return path if path.is_absolute() else store_folder(store_path) / path
+    return resolve_stored(store_folder(store_path), image_path)
 
 
 def open_image(store_path: str | Path, image_path: str, name: str) -> Image.Image:

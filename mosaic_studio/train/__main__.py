@@ -7,7 +7,7 @@ FLUX.1-dev command.
 import argparse
 import sys
 
-from mosaic_studio.train.config import load_config
+from mosaic_studio.train.config import ConfigError, load_config
 from mosaic_studio.train.trainer import NonFiniteLoss, train
 
 
@@ -16,14 +16,22 @@ def main(argv=None) -> int:
         prog="python -m mosaic_studio.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", help="YAML file with any of the config sections")
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume even though the config differs from the run's config.json (run.allow_config_change=true)",
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.max_steps=100")
     args = parser.parse_args(argv)
+    overrides = [*args.overrides, *(["run.allow_config_change=true"] if args.allow_config_change else [])]
     try:
-        config = load_config(args.config, args.overrides)
-    except ValueError as error:
+        config = load_config(args.config, overrides)
+    except (ValueError, OSError) as error:  # a bad value or key, an unreadable --config file
         parser.error(str(error))
     try:
         print(f"exported: {train(config)}")
+    except ConfigError as error:  # refused against the model or the run being resumed, before writing
+        parser.error(str(error))
     except NonFiniteLoss as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -22,7 +22,7 @@ from mosaic_studio.mosaic.data.semalign import (
     sample_points,
     token_grid,
 )
-from mosaic_studio.train.config import DataConfig
+from mosaic_studio.train.config import ConfigError, DataConfig
 from mosaic_studio.world.synthetic import WorldConfig, generate_sample
 
 _BATCH_SALT = 0xBA7C4  # separates batch-level draws (K, drops) from the world's own streams
@@ -102,24 +102,36 @@ def generate_exact(seed: int, index: int, split: str, world: WorldConfig, count:
 class BatchSource:
     """Deterministic batches for one stage. `with_references` is False for the base/VAE stages."""
 
-    def __init__(self, config: DataConfig, batch_size: int, token_size: int, with_references: bool, points: int = 0):
+    def __init__(
+        self,
+        config: DataConfig,
+        batch_size: int,
+        token_size: int,
+        with_references: bool,
+        points: int = 0,
+        reference_batches: float = 1.0,
+    ):
+        """reference_batches: with `with_references`, the fraction of batches that carry them (the
+        base stage's `data.reference_batches`); below 1 it costs one extra draw per batch, so runs
+        at 1 see exactly the batches they always saw."""
         self.config, self.batch_size, self.token_size = config, batch_size, token_size
-        self.with_references, self.points = with_references, points
+        self.with_references, self.points, self.reference_batches = with_references, points, reference_batches
         self.folder = None if config.source == "synthetic" else FolderSamples(config)
 
     def batch(self, step: int, rank: int = 0, world_size: int = 1) -> Batch:
         rng = np.random.default_rng([_BATCH_SALT, self.config.seed, step, rank])
         num_refs = int(rng.integers(self.config.min_subjects, self.config.max_subjects + 1))
+        carries = self.with_references and (self.reference_batches >= 1 or rng.random() < self.reference_batches)
         first = (step * world_size + rank) * self.batch_size
-        samples = [self._sample(first + j, num_refs, rng) for j in range(self.batch_size)]
+        samples = [self._sample(first + j, num_refs if carries else None, rng) for j in range(self.batch_size)]
         captions = [("" if rng.random() < self.config.caption_drop else s.caption) for s in samples]
-        keep_refs = self.with_references and not rng.random() < self.config.reference_drop
+        keep_refs = carries and not rng.random() < self.config.reference_drop
         return collate(samples, captions, self.points, self.token_size, rng, keep_refs)
 
-    def _sample(self, index: int, num_refs: int, rng: np.random.Generator) -> Sample:
+    def _sample(self, index: int, count: int | None, rng: np.random.Generator) -> Sample:
+        """Sample `index` with exactly `count` subjects, or any number when None."""
         if self.folder is not None:
-            return self.folder.sample(num_refs if self.with_references else None, rng)
-        count = num_refs if self.with_references else None
+            return self.folder.sample(count, rng)
         world = WorldConfig(
             target_size=self.config.target_size,
             ref_size=self.config.ref_size,
@@ -136,13 +148,13 @@ class FolderSamples:
     def __init__(self, config: DataConfig):
         self.config = config
         if not Path(config.source).is_dir():
-            raise ValueError(f"data.source {config.source!r} is neither 'synthetic' nor a dataset folder")
+            raise ConfigError(f"data.source {config.source!r} is neither 'synthetic' nor a dataset folder")
         self.dataset = SemAlignDataset(config.source)
         self.buckets: dict[int, list[int]] = {}  # reference count → sample indices
         for index in range(len(self.dataset)):
             self.buckets.setdefault(self.dataset.num_references(index), []).append(index)
         if not self.buckets:
-            raise ValueError(f"no samples found under {config.source!r}")
+            raise ConfigError(f"data.source: no samples found under {config.source!r}")
 
     def sample(self, num_refs: int | None, rng: np.random.Generator) -> Sample:
         counts = sorted(self.buckets) if num_refs is None else [num_refs]

@@ -148,9 +148,18 @@ class BaseStage(Stage):
             reference_ids=reference_ids,
         )
 
+    def reference_inputs(self, pipe, batch):
+        """The batch's references as packed latents (B, K, N_ref, C) and their position ids."""
+        b, k = batch.references.shape[:2]
+        latents, ref_grid = encode_latents(pipe, batch.references.flatten(0, 1))  # (B·K, N_ref, C), the mode
+        reference_latents = latents.reshape(b, k, *latents.shape[1:])  # (B, K, N_ref, C)
+        return reference_latents, reference_position_ids(k, *ref_grid, device=latents.device, dtype=latents.dtype)
+
     def loss(self, pipe, module, batch, generator, step):
         f = self.flow_inputs(pipe, batch, generator)
-        prediction = self.forward(module, f)
+        # data.reference_batches: some batches carry references, through the base weights (no LoRA)
+        references = self.reference_inputs(pipe, batch) if batch.references is not None else (None, None)
+        prediction = self.forward(module, f, *references)
         loss = flow_matching_loss(prediction, f["x0"], f["noise"])
         return loss, {"loss": loss.detach(), "diffusion": loss.detach(), **per_sample_logs(prediction, f)}
 
@@ -183,10 +192,7 @@ class LoraStage(BaseStage):
     def predict(self, pipe, module, batch, f, probe: bool):
         """Flow prediction with the batch's references; with `probe`, also the Eq. 8 rows of the
         batch's correspondence points, (B, K·P, N_tgt), on the configured blocks."""
-        b, k = batch.references.shape[:2]
-        latents, ref_grid = encode_latents(pipe, batch.references.flatten(0, 1))  # (B·K, N_ref, C), the mode
-        reference_latents = latents.reshape(b, k, *latents.shape[1:])  # (B, K, N_ref, C)
-        ref_ids = reference_position_ids(k, *ref_grid, device=latents.device, dtype=latents.dtype)
+        reference_latents, ref_ids = self.reference_inputs(pipe, batch)
         if not probe:
             return self.forward(module, f, reference_latents, ref_ids), None
         recorder = AttentionProbe(batch.rows)

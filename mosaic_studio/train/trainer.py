@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
 import time
 from pathlib import Path
@@ -24,11 +25,14 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from mosaic_studio.mosaic.pipeline import MosaicPipeline
-from mosaic_studio.train.config import TrainConfig, to_dict
+from mosaic_studio.train.config import ConfigError, TrainConfig, config_changes, to_dict
 from mosaic_studio.train.data import BatchSource
 from mosaic_studio.train.stages import PER_SAMPLE_LOSS, PER_SAMPLE_T, STAGE_CLASSES
 
 CHECKPOINT_PREFIX = "step-"
+PARTIAL_SUFFIX = ".partial"  # a checkpoint being written; renamed to step-N when complete
+# Only complete checkpoints: `step-8.partial` (left by a kill during a write) is not one.
+_CHECKPOINT_NAME = re.compile(re.escape(CHECKPOINT_PREFIX) + r"(\d+)")
 WEIGHTS_FILE = "model.safetensors"  # accelerate's name for the first prepared model
 SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine"}  # optim.schedule → diffusers' name
 _NOISE_SALT = 0x7E15E  # separates noise/timestep draws from the data streams
@@ -86,8 +90,49 @@ class StageModel(torch.nn.Module):
 
 
 def checkpoints(out: Path) -> list[Path]:
+    """The complete checkpoints of a run, oldest first."""
     found = [p for p in (out / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+    steps = {p: _CHECKPOINT_NAME.fullmatch(p.name) for p in found}
+    return sorted((p for p, match in steps.items() if match), key=lambda p: int(steps[p].group(1)))
+
+
+def _remove_partial_checkpoints(out: Path) -> None:
+    """Leftovers of a run killed while writing a checkpoint: never resumed from, so delete them
+    rather than let them pile up (a later write of the same step replaces its own anyway)."""
+    for partial in (out / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*{PARTIAL_SUFFIX}"):
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _refuse_config_changes(config: TrainConfig, out: Path) -> list[str]:
+    """The keys (beyond RESUMABLE_CHANGES) where a resume differs from the run's config.json.
+    Refused, with nothing written yet, unless run.allow_config_change; a fresh run has none."""
+    stored_path = out / "config.json"
+    if not checkpoints(out) or not stored_path.exists():
+        return []
+    try:
+        changes = config_changes(json.loads(stored_path.read_text()), config)
+    except json.JSONDecodeError:
+        changes = [f"{stored_path.name}: unreadable"]
+    if changes and not config.run.allow_config_change:
+        raise ConfigError(
+            f"{out} holds a run trained with another config; changed: {', '.join(changes)}. Resume with the "
+            "run's own config, use another run.output_dir, or set run.allow_config_change=true "
+            "(--allow-config-change) to continue with the new values"
+        )
+    return changes
+
+
+def _check_image_sizes(config: TrainConfig, pixels_per_token: int) -> None:
+    """Images must be whole latent tokens of the loaded model, or packing them fails deep in a step."""
+    uses_references = config.stage != "base" or config.data.reference_batches > 0
+    sizes = ["target_size"] + (["ref_size"] if uses_references else [])
+    for name in sizes:
+        value = getattr(config.data, name)
+        if value % pixels_per_token:
+            raise ConfigError(
+                f"data.{name} must be a multiple of {pixels_per_token} (the pixels per token of "
+                f"{config.model.pretrained}: VAE factor x 2x2 packing), got {value}"
+            )
 
 
 def _trainable_names(model: torch.nn.Module) -> set[str]:
@@ -121,7 +166,7 @@ def _save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int, 
     """Write to a temporary folder, then rename: a crash never leaves a half checkpoint. `extra`
     goes into step.json beside the step."""
     final = out / "checkpoints" / f"{CHECKPOINT_PREFIX}{step}"
-    partial = final.with_name(final.name + ".partial")
+    partial = final.with_name(final.name + PARTIAL_SUFFIX)
     accelerator.save_state(str(partial))
     if accelerator.is_main_process:
         (partial / "step.json").write_text(json.dumps({"step": step, **(extra or {})}))
@@ -134,7 +179,9 @@ def _save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int, 
 
 def train(config: TrainConfig) -> Path:
     """Run (or resume) one stage; returns the exported pipeline folder `<output_dir>/pipeline`."""
+    config.validate()  # again: a config built in code may have been changed after construction
     out = Path(config.run.output_dir)
+    changes = _refuse_config_changes(config, out)  # before anything is written
     if config.run.threads > 0:
         torch.set_num_threads(config.run.threads)
     kwargs = [DistributedDataParallelKwargs(find_unused_parameters=config.stage == "lora")]
@@ -149,6 +196,19 @@ def train(config: TrainConfig) -> Path:
         component.requires_grad_(False).eval()
     pipe.to(accelerator.device)
     pipe.transformer.gradient_checkpointing = config.model.gradient_checkpointing
+    token_size = pipe.pixels_per_token
+    _check_image_sizes(config, token_size)
+    source = BatchSource(  # before anything is written: a missing dataset folder fails here
+        config.data,
+        config.optim.batch_size,
+        token_size,
+        with_references=config.stage != "base" or config.data.reference_batches > 0,
+        points=config.loss.points_per_reference,
+        reference_batches=config.data.reference_batches if config.stage == "base" else 1.0,
+    )
+    if accelerator.is_main_process:
+        _remove_partial_checkpoints(out)
+    accelerator.wait_for_everyone()
 
     stage = STAGE_CLASSES[config.stage](config)
     model = StageModel(stage, pipe, stage.trainable(pipe))
@@ -171,18 +231,15 @@ def train(config: TrainConfig) -> Path:
         resumed = json.loads((latest / "step.json").read_text())
         start = resumed["step"]
         accelerator.print(f"resuming {config.stage} from {latest} (step {start})")
+        if changes:
+            accelerator.print(f"run.allow_config_change: continuing with changed {', '.join(changes)}")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+        # Written whole, then renamed: a kill mid-write must not leave a config.json the next resume cannot read.
+        stored = out / "config.json.tmp"
+        stored.write_text(json.dumps(to_dict(config), indent=2))
+        stored.replace(out / "config.json")
 
-    token_size = pipe.pixels_per_token
-    source = BatchSource(
-        config.data,
-        config.optim.batch_size,
-        token_size,
-        with_references=config.stage != "base",
-        points=config.loss.points_per_reference,
-    )
     log_path = out / "log.csv"
     if accelerator.is_main_process:
         _truncate_log(log_path, start)  # rows written after the checkpoint we resume from

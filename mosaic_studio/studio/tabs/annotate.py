@@ -19,9 +19,11 @@ from mosaic_studio.annotator.records import Decision
 from mosaic_studio.annotator.store import ReviewStore, VersionConflict
 from mosaic_studio.annotator.verify import DEFAULT_FRACTION, stratified_sample
 from mosaic_studio.studio import annotation
+from mosaic_studio.studio.access import DIRECT, Access
 from mosaic_studio.studio.annotation import MODES, SELECT_MODE, Opened
+from mosaic_studio.studio.limits import MAX_NAME_CHARS
 from mosaic_studio.studio.report import export_accepted, report_markdown
-from mosaic_studio.studio.tabs.views import components, skipped
+from mosaic_studio.studio.tabs.views import components, skipped, user_error
 
 SHORTCUTS = {
     "c": "ann-correct",
@@ -104,11 +106,18 @@ def _draft_action(method, *args):
     return _soft(lambda opened: replace(opened, draft=getattr(opened.draft, method)(*args)))
 
 
-def build() -> SimpleNamespace:
+def build(admin: bool = True) -> SimpleNamespace:
+    """admin: show the study setup (re-drawing the sample); its event refuses non-admins anyway."""
     ui = SimpleNamespace()
     ui.opened = gr.State(None)
     with gr.Row():
-        ui.annotator = gr.Textbox(label="Annotator", placeholder="your name", elem_id="annotator", scale=1)
+        ui.annotator = gr.Textbox(
+            label="Annotator",
+            placeholder="your name",
+            max_length=MAX_NAME_CHARS,  # the browser's cap; the server checks it again (access.py)
+            elem_id="annotator",
+            scale=1,
+        )
         ui.load = gr.Button("Load my queue", elem_id="ann-load", scale=0)
         ui.queue = gr.Dropdown(
             [],
@@ -147,7 +156,7 @@ def build() -> SimpleNamespace:
         ui.report = gr.Markdown(elem_id="ann-report")
         ui.export = gr.Button("Export accepted samples (JSON)", size="sm")
         ui.export_file = gr.File(label="Export", interactive=False)
-    with gr.Accordion("Study setup: draw the stratified sample", open=False):
+    with gr.Accordion("Study setup: draw the stratified sample", open=False, visible=admin):
         with gr.Row():
             ui.fraction = gr.Slider(0.01, 1.0, value=DEFAULT_FRACTION, step=0.01, label="Fraction of each stratum")
             ui.sample_seed = gr.Number(0, precision=0, label="Sampling seed")
@@ -175,9 +184,11 @@ def open_view(store_path, *, sample_id, annotator, mode=SELECT_MODE) -> OpenedVi
     )
 
 
-def on_load(store_path, annotator):
-    if not (annotator or "").strip():
-        raise gr.Error("enter your annotator name first")
+def on_load(store_path, annotator, request=None, access: Access = DIRECT):
+    try:
+        annotator = access.name(annotator, request)
+    except ValueError as error:
+        raise user_error(error) from error
     queue = annotation.queue_ids(store_path, annotator)
     return open_view(store_path, sample_id=queue[0] if queue else None, annotator=annotator)
 
@@ -188,17 +199,22 @@ def on_open(store_path, annotator, sample_id):
     try:
         return open_view(store_path, sample_id=sample_id, annotator=annotator)
     except ValueError as error:
-        raise gr.Error(str(error)) from error
+        raise user_error(error) from error
 
 
-def on_save(store_path, decision, opened, annotator, mode):
-    """Accept / reject: save the review (or a visible error, store unchanged), open the next."""
+def on_save(store_path, decision, opened, annotator, mode, request=None, access: Access = DIRECT):
+    """Accept / reject: save the review (or a visible error, store unchanged), open the next.
+    The name is checked first: who saves matters before what is saved."""
+    try:
+        annotator = access.name(annotator, request)
+    except ValueError as error:
+        raise user_error(error) from error
     if opened is None:
         raise gr.Error("open a sample first")
     try:
         annotation.save(store_path, opened, annotator, decision)
     except (ValueError, VersionConflict) as error:
-        raise gr.Error(str(error)) from error
+        raise user_error(error) from error
     gr.Info(f"{opened.draft.sample_id}: {decision}")
     queue = annotation.queue_ids(store_path, annotator)
     return open_view(store_path, sample_id=queue[0] if queue else None, annotator=annotator, mode=mode)
@@ -220,29 +236,39 @@ def on_export(store_path, outputs_dir):
     return str(path)
 
 
-def on_mark(store_path, fraction, seed, annotator):
+def on_mark(store_path, fraction, seed, annotator, request=None, access: Access = DIRECT):
+    """Re-draw the stratified sample: admins only, under a checked name (never an anonymous one)."""
     try:
+        access.check_admin()
+        actor = access.name(annotator, request)
         with ReviewStore(store_path) as store:
             chosen = stratified_sample(store.sample_strata(), float(fraction), int(seed or 0))
-            store.mark_sampled(
-                chosen,
-                actor=(annotator or "").strip() or "studio",
-                params={"fraction": float(fraction), "seed": int(seed or 0)},
-            )
+            store.mark_sampled(chosen, actor=actor, params={"fraction": float(fraction), "seed": int(seed or 0)})
     except ValueError as error:
-        raise gr.Error(str(error)) from error
+        raise user_error(error) from error
     gr.Info(f"{len(chosen)} sample(s) are now the stratified sample")
-    return annotation.progress(store_path, annotator or "")
+    return annotation.progress(store_path, actor)
 
 
-def wire(ui: SimpleNamespace, *, store_path: Path, outputs_dir: Path) -> None:
+def wire(ui: SimpleNamespace, *, store_path: Path, outputs_dir: Path, access: Access = DIRECT) -> None:
+    """access: the app's admin setting and annotator names (the handlers also get the
+    gr.Request, whose username is the login under gradio auth)."""
     view, opened = components(DraftView, ui), components(OpenedView, ui)
 
     def on_select(opened, mode, evt: gr.SelectData):
         return on_click(opened, mode, *evt.index)
 
-    def load(annotator):
-        return on_load(store_path, annotator)
+    def load(annotator, request: gr.Request):
+        return on_load(store_path, annotator, request, access)
+
+    def saver(decision):
+        def save(opened, annotator, mode, request: gr.Request):
+            return on_save(store_path, decision, opened, annotator, mode, request, access)
+
+        return save
+
+    def mark(fraction, seed, annotator, request: gr.Request):
+        return on_mark(store_path, fraction, seed, annotator, request, access)
 
     ui.load.click(load, ui.annotator, opened, api_name="annotate_load")
     ui.annotator.submit(load, ui.annotator, opened, api_visibility="private")
@@ -274,7 +300,7 @@ def wire(ui: SimpleNamespace, *, store_path: Path, outputs_dir: Path) -> None:
         button.click(_draft_action(method, *args), [ui.opened, ui.mode], view, api_name=name, show_progress="hidden")
     for button, decision in ((ui.accept, Decision.ACCEPTED.value), (ui.reject, Decision.REJECTED.value)):
         button.click(
-            functools.partial(on_save, store_path, decision),
+            saver(decision),
             [ui.opened, ui.annotator, ui.mode],
             opened,
             api_name=f"annotate_{decision}",
@@ -286,7 +312,7 @@ def wire(ui: SimpleNamespace, *, store_path: Path, outputs_dir: Path) -> None:
         functools.partial(on_export, store_path, outputs_dir), None, ui.export_file, api_name="annotate_export"
     )
     ui.mark.click(
-        functools.partial(on_mark, store_path),
+        mark,
         [ui.fraction, ui.sample_seed, ui.annotator],
         ui.progress,
         api_name="annotate_mark_sample",

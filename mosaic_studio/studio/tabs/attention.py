@@ -12,6 +12,7 @@ import gradio as gr
 from PIL import Image
 
 from mosaic_studio.annotator.store import ReviewStore
+from mosaic_studio.studio.access import DIRECT, Access
 from mosaic_studio.studio.annotation import Opened
 from mosaic_studio.studio.heatmap import CMAPS, DEFAULT_CMAP
 from mosaic_studio.studio.inspector import (
@@ -30,7 +31,7 @@ from mosaic_studio.studio.inspector import (
 from mosaic_studio.studio.proposals import POINTS_PER_REFERENCE, review_item
 from mosaic_studio.studio.store_files import store_folder
 from mosaic_studio.studio.tabs import annotate
-from mosaic_studio.studio.tabs.views import components
+from mosaic_studio.studio.tabs.views import components, user_error
 
 
 class ResetView(NamedTuple):
@@ -88,7 +89,7 @@ def _visible(handler):
         try:
             return handler(*args)
         except ValueError as error:
-            raise gr.Error(str(error)) from error
+            raise user_error(error) from error
 
     return run
 
@@ -150,17 +151,18 @@ def redraw(generation, clicked, image_number, first, last, cmap, opacity):
     )
 
 
-def make_send_handler(store_path):
+def make_send_handler(store_path, access: Access = DIRECT):
     """ "Send to Annotate": store the selected image with attention-proposed points, open it."""
 
-    def on_send(generation, image_number, first, last, per_reference, annotator):
+    def on_send(generation, image_number, first, last, per_reference, annotator, request: gr.Request = None):
+        actor = access.creator(annotator, request)  # before any file is written for the sample
         generation = need(generation)
         image = image_index(generation, image_number)
         sample = review_item(
             generation, image, generation.maps(first, last), store_folder(store_path), int(per_reference)
         )
         with ReviewStore(store_path) as store:
-            store.add_sample(sample, actor=(annotator or "").strip() or "studio")
+            store.add_sample(sample, actor=actor)
         view = annotate.open_view(store_path, sample_id=sample.sample_id, annotator=annotator)
         gr.Info(f"{sample.sample_id}: {len(sample.points)} proposed points sent to Annotate")
         return SendView(**view._asdict(), tabs=gr.update(selected="annotate"))
@@ -216,7 +218,9 @@ def build() -> SimpleNamespace:
     return ui
 
 
-def wire(ui: SimpleNamespace, *, generation: gr.State, generated, store_path, annotate_ui, tabs) -> None:
+def wire(
+    ui: SimpleNamespace, *, generation: gr.State, generated, store_path, annotate_ui, tabs, access: Access = DIRECT
+) -> None:
     view = [ui.image_number, ui.first, ui.last, ui.cmap, ui.opacity]
     shown = components(HeatmapView, ui)
     generated.then(
@@ -240,7 +244,7 @@ def wire(ui: SimpleNamespace, *, generation: gr.State, generated, store_path, an
             _visible(redraw), [generation, ui.clicked, *view], outputs, api_visibility="private", show_progress="hidden"
         )
     ui.send.click(
-        make_send_handler(store_path),
+        make_send_handler(store_path, access),
         [generation, ui.image_number, ui.first, ui.last, ui.per_reference, annotate_ui.annotator],
         components(SendView, annotate_ui, tabs=tabs),
         api_name="send_to_annotate",

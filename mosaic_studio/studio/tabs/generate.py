@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import gradio as gr
 
+from mosaic_studio.mosaic.images import REFERENCE_CROP_TOLERANCE, TOLERANT_CROP
 from mosaic_studio.mosaic.pipeline import default_settings
 from mosaic_studio.studio.background import backend_name
 from mosaic_studio.studio.examples import load_examples
@@ -40,9 +41,14 @@ class GenerateView(NamedTuple):
     summary: str
 
 
-def on_preview(files, remove_bg):
+def crop_tolerance(tolerant_crop) -> int:
+    """The Tolerant crop checkbox as `preprocess_reference`'s crop_tolerance."""
+    return TOLERANT_CROP if tolerant_crop else REFERENCE_CROP_TOLERANCE
+
+
+def on_preview(files, remove_bg, tolerant_crop=False):
     try:
-        return preview(files, bool(remove_bg))
+        return preview(files, bool(remove_bg), crop_tolerance=crop_tolerance(tolerant_crop))
     except ValueError as error:
         raise user_error(error) from error
 
@@ -64,6 +70,7 @@ def make_generate_handler(pipe, *, outputs_dir, model_info):
         remove_bg,
         attention_first,
         attention_last,
+        tolerant_crop=False,  # last, with a default: callers written before it still work
         progress=gr.Progress(),  # noqa: B008  gradio injects its progress tracker through this default
     ):
         try:
@@ -78,6 +85,7 @@ def make_generate_handler(pipe, *, outputs_dir, model_info):
                 int(num_images),
                 int(attention_first),
                 int(attention_last),
+                reference_crop_tolerance=crop_tolerance(tolerant_crop),
             )
             progress((0, request.steps), desc="encoding")
             generation = generate(
@@ -131,6 +139,11 @@ def build(pipe) -> SimpleNamespace:
                 interactive=bg is not None,
                 info=None if bg else "needs a segmentation backend: pip install rembg",
             )
+            ui.tolerant_crop = gr.Checkbox(
+                label="Tolerant crop for noisy backgrounds (JPEG)",
+                value=False,
+                info="off: the official exact-white crop; on: near-white noise is not cropped as subject",
+            )
             ui.prompt = gr.Textbox(
                 label="Prompt",
                 placeholder="a red vase and a blue person on a plain background",
@@ -178,11 +191,11 @@ def build(pipe) -> SimpleNamespace:
 
 def wire(ui: SimpleNamespace, *, pipe, generation: gr.State, outputs_dir, model_info) -> gr.events.Dependency:
     """Attach the events; returns the Generate dependency so other tabs can chain `.then`."""
-    for trigger in (ui.files.change, ui.remove_bg.change):
+    for trigger in (ui.files.change, ui.remove_bg.change, ui.tolerant_crop.change):
         # Private hides it from the API page only; any client can still queue it, hence its own limit.
         trigger(
             on_preview,
-            [ui.files, ui.remove_bg],
+            [ui.files, ui.remove_bg, ui.tolerant_crop],
             ui.preview,
             api_visibility="private",
             show_progress="minimal",
@@ -203,6 +216,7 @@ def wire(ui: SimpleNamespace, *, pipe, generation: gr.State, outputs_dir, model_
         ui.remove_bg,
         ui.attention_first,
         ui.attention_last,
+        ui.tolerant_crop,
     ]
     return ui.run.click(
         make_generate_handler(pipe, outputs_dir=outputs_dir, model_info=model_info),
