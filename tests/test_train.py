@@ -48,7 +48,7 @@ def test_batches_are_deterministic_and_correspondences_index_the_right_tokens():
     assert torch.equal(a.target, b.target) and torch.equal(a.rows, b.rows) and a.captions == b.captions
     assert not torch.equal(a.target, source.batch(8).target)
     k = a.num_refs
-    assert a.references.shape == (3, k, 3, 32, 32) and a.rows.shape == (3, k * 5)
+    assert a.reference_pixels.shape == (3, k, 3, 32, 32) and a.rows.shape == (3, k * 5)
     n_ref, n_tgt = (32 // 8) ** 2, (64 // 8) ** 2
     valid = a.valid
     assert (a.rows[valid] // n_ref == a.ref_index[valid]).all()  # each row lies in its reference's block
@@ -134,7 +134,7 @@ def test_a_semalign_ms_folder_feeds_the_same_batches(tmp_path):
         save_sample(generate_sample(5, i, "train", world), tmp_path / f"s{i}", token_size=8)
     config = DataConfig(source=str(tmp_path), target_size=64, ref_size=32, caption_drop=0.0)
     batch = BatchSource(config, batch_size=2, token_size=8, with_references=True, points=6).batch(0)
-    assert batch.target.shape == (2, 3, 64, 64) and batch.references.shape == (2, 2, 3, 32, 32)
+    assert batch.target.shape == (2, 3, 64, 64) and batch.reference_pixels.shape == (2, 2, 3, 32, 32)
     assert batch.valid.any() and (batch.tgt_index[batch.valid] < (64 // 8) ** 2).all()  # points rescaled to 64 px
     with pytest.raises(ValueError, match="neither 'synthetic' nor a dataset folder"):
         BatchSource(DataConfig(source=str(tmp_path / "missing")), 1, 8, True, 4)
@@ -146,16 +146,16 @@ def test_a_semalign_ms_folder_feeds_the_same_batches(tmp_path):
 def test_base_reference_batches_carry_references_in_that_fraction_only():
     config = DataConfig(target_size=64, ref_size=32, max_subjects=4, reference_batches=0.5)
     mixed = BatchSource(config, batch_size=2, token_size=8, with_references=True, points=4, reference_batches=0.5)
-    carried = [mixed.batch(step).references is not None for step in range(40)]
+    carried = [mixed.batch(step).reference_pixels is not None for step in range(40)]
     assert 10 < sum(carried) < 30  # about half, deterministically
-    assert [mixed.batch(step).references is not None for step in range(40)] == carried
+    assert [mixed.batch(step).reference_pixels is not None for step in range(40)] == carried
     # A batch with references has exactly K subjects per scene; one without may have any number.
     with_refs = next(mixed.batch(s) for s in range(40) if carried[s])
-    assert with_refs.references.shape[1] == with_refs.num_refs and with_refs.rows is not None
+    assert with_refs.reference_pixels.shape[1] == with_refs.num_refs and with_refs.rows is not None
     # At the default fraction nothing changes: the batches a LoRA or VAE run always saw.
     plain = BatchSource(config, batch_size=2, token_size=8, with_references=True, points=4)
     again = BatchSource(config, batch_size=2, token_size=8, with_references=True, points=4, reference_batches=1.0)
-    assert torch.equal(plain.batch(3).references, again.batch(3).references)
+    assert torch.equal(plain.batch(3).reference_pixels, again.batch(3).reference_pixels)
 
 
 def test_base_stage_with_references_trains_the_base_through_them():
@@ -173,7 +173,7 @@ def test_base_stage_with_references_trains_the_base_through_them():
     loss.backward()
     assert torch.isfinite(loss)
     # The references reach the loss: changing them changes it (same noise and timesteps).
-    batch.references = -batch.references
+    batch.reference_pixels = -batch.reference_pixels
     changed, _ = stage.loss(pipe, module, batch, torch.Generator().manual_seed(0), step=0)
     assert not torch.isclose(loss.detach(), changed.detach())
     assert all(p.grad is not None for p in module.x_embedder.parameters())

@@ -47,9 +47,9 @@ from mosaic_studio import DEFAULT_MODEL_DIR
 from mosaic_studio.evaluation.metrics import attention_pck
 from mosaic_studio.evaluation.report import markdown_by_subjects, markdown_table, plot_by_subjects, summarise
 from mosaic_studio.mosaic.data.semalign import MAX_REFERENCES
-from mosaic_studio.mosaic.latents import encode_latents
+from mosaic_studio.mosaic.latents import encode_latents, encode_reference_pixels
 from mosaic_studio.mosaic.probe import AttentionProbe
-from mosaic_studio.mosaic.transformer import grid_position_ids, mosaic_forward, reference_position_ids
+from mosaic_studio.mosaic.transformer import grid_position_ids, mosaic_forward
 from mosaic_studio.train.config import LORA_CONFIG, PROBE_SITES, load_config
 from mosaic_studio.train.data import collate, generate_exact
 from mosaic_studio.world.synthetic import WorldConfig
@@ -105,8 +105,7 @@ def probe_attention(
         prompt=batch.captions, prompt_2=None, device=transformer.device, max_sequence_length=max_sequence_length
     )
     guidance = torch.ones_like(timestep) if transformer.config.guidance_embeds else None  # as the training embeds it
-    b, k = batch.references.shape[:2]
-    tokens, ref_grid = encode_latents(pipe, batch.references.flatten(0, 1))
+    reference_latents, reference_ids = encode_reference_pixels(pipe, batch.reference_pixels)
     s = timestep.view(-1, 1, 1)
     probe = AttentionProbe(batch.rows)
     with probe.attached(transformer, sites):
@@ -119,8 +118,8 @@ def probe_attention(
             img_ids=grid_position_ids(*grid, device=x0.device, dtype=x0.dtype),
             txt_ids=text_ids,
             guidance=guidance,
-            reference_latents=tokens.reshape(b, k, *tokens.shape[1:]),
-            reference_ids=reference_position_ids(k, *ref_grid, device=tokens.device, dtype=tokens.dtype),
+            reference_latents=reference_latents,
+            reference_ids=reference_ids,
         )
     return probe.attention()
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
+from mosaic_studio.mosaic.transformer import reference_position_ids
+
 
 def pixels_per_token(pipe) -> int:
     """Image pixels per latent token side: the VAE factor times FLUX's 2×2 packing."""
@@ -32,6 +34,16 @@ def encode_latents(pipe, pixels: torch.Tensor, device=None, dtype=None, generato
     n, channels, height, width = latents.shape
     tokens = pipe._pack_latents(latents, n, channels, height, width)
     return (tokens if dtype is None else tokens.to(dtype)), (height // 2, width // 2)
+
+
+def encode_reference_pixels(pipe, reference_pixels: torch.Tensor):
+    """(B, K, 3, h, w) reference pixels in [-1, 1] → reference_latents (B, K, N_ref, 4·C_lat), the
+    posterior mode, and their position ids (K·N_ref, 3): the batched form of the pipeline's
+    reference encoding, for training and evaluation."""
+    b, k = reference_pixels.shape[:2]
+    latents, grid = encode_latents(pipe, reference_pixels.flatten(0, 1))  # (B·K, N_ref, 4·C_lat)
+    reference_latents = latents.reshape(b, k, *latents.shape[1:])  # (B, K, N_ref, 4·C_lat)
+    return reference_latents, reference_position_ids(k, *grid, device=latents.device, dtype=latents.dtype)
 
 
 def resolution_shift(num_tokens: int, scheduler_config) -> float:

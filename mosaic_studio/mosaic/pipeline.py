@@ -29,8 +29,7 @@ from mosaic_studio.mosaic.lora_io import MosaicLoraMixin
 from mosaic_studio.mosaic.probe import all_double_blocks
 from mosaic_studio.mosaic.record import AttentionRecord, AttentionRecorder
 from mosaic_studio.mosaic.transformer import TIMESTEP_SCALE, mosaic_forward, reference_position_ids
-from mosaic_studio.mosaic.validation import (  # noqa: F401 (FLUX_MAX_SEQUENCE_LENGTH is imported from here)
-    FLUX_MAX_SEQUENCE_LENGTH,
+from mosaic_studio.mosaic.validation import (
     CallInputs,
     check_call_inputs,
     max_sequence_limit,

@@ -7,7 +7,7 @@ checked on the server (a client can skip the browser's checks) before any heavy 
 from __future__ import annotations
 
 from mosaic_studio.annotator.store import ReviewStore
-from mosaic_studio.mosaic.pipeline import FLUX_MAX_SEQUENCE_LENGTH
+from mosaic_studio.mosaic.validation import FLUX_MAX_SEQUENCE_LENGTH
 
 # Uploads: gradio refuses a bigger file while it is still streaming in (HTTP 413), so it never
 # reaches the disk whole. 20 MB holds any camera JPEG or a 12 MP PNG.

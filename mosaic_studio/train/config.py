@@ -22,8 +22,8 @@ import yaml
 from mosaic_studio import DEFAULT_MODEL_DIR
 from mosaic_studio.mosaic.data.semalign import MAX_REFERENCES
 from mosaic_studio.mosaic.losses import DIVERGENCES, REDUCTIONS
-from mosaic_studio.mosaic.pipeline import FLUX_MAX_SEQUENCE_LENGTH
 from mosaic_studio.mosaic.probe import all_blocks, all_double_blocks, early_double_blocks
+from mosaic_studio.mosaic.validation import FLUX_MAX_SEQUENCE_LENGTH
 
 STAGES = ("vae", "base", "lora")
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the shipped stage configs (default_*.yaml)

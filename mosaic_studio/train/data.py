@@ -41,7 +41,7 @@ class Batch:
 
     target: torch.Tensor  # (B, 3, H, W)
     captions: list[str]
-    references: torch.Tensor | None  # (B, K, 3, h, w) or None (base stage, or dropped)
+    reference_pixels: torch.Tensor | None  # (B, K, 3, h, w) or None (text-only batch, or dropped)
     rows: torch.Tensor | None = None
     tgt_index: torch.Tensor | None = None
     ref_index: torch.Tensor | None = None
@@ -49,7 +49,7 @@ class Batch:
 
     @property
     def num_refs(self) -> int:
-        return 0 if self.references is None else self.references.shape[1]
+        return 0 if self.reference_pixels is None else self.reference_pixels.shape[1]
 
 
 def to_pixels(images: list[np.ndarray]) -> torch.Tensor:
@@ -82,8 +82,8 @@ def collate(
     target = to_pixels([s.target for s in samples])
     if not with_references:
         return Batch(target, captions, None)
-    references = torch.stack([to_pixels([r.image for r in s.references]) for s in samples])
-    return Batch(target, captions, references, *correspondence_indices(samples, points, token_size, rng))
+    reference_pixels = torch.stack([to_pixels([r.image for r in s.references]) for s in samples])
+    return Batch(target, captions, reference_pixels, *correspondence_indices(samples, points, token_size, rng))
 
 
 def generate_exact(seed: int, index: int, split: str, world: WorldConfig, count: int | None) -> Sample:

@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mosaic_studio.mosaic.latents import encode_latents
+from mosaic_studio.mosaic.latents import encode_latents, encode_reference_pixels
 from mosaic_studio.mosaic.lora import reference_lora_config
 from mosaic_studio.mosaic.lora_io import DEFAULT_ADAPTER
 from mosaic_studio.mosaic.losses import mdl_loss_batch, scal_loss_batch
 from mosaic_studio.mosaic.probe import AttentionProbe
-from mosaic_studio.mosaic.transformer import grid_position_ids, mosaic_forward, reference_position_ids
+from mosaic_studio.mosaic.transformer import grid_position_ids, mosaic_forward
 from mosaic_studio.train.config import PROBE_SITES, TrainConfig
 from mosaic_studio.train.data import Batch
 from mosaic_studio.train.flow import flow_matching_loss, noisy_latents, sample_timesteps
@@ -84,8 +84,8 @@ class VaeStage(Stage):
         side = self.config.data.ref_size
         top, left = (int(v) for v in torch.randint(0, batch.target.shape[-1] - side + 1, (2,), generator=generator))
         images = [batch.target[..., top : top + side, left : left + side]]
-        if batch.references is not None:
-            images.append(batch.references[:, 0])  # one reference per sample keeps the two halves balanced
+        if batch.reference_pixels is not None:
+            images.append(batch.reference_pixels[:, 0])  # one reference per sample keeps the two halves balanced
         losses = []
         for pixels in images:
             posterior = module.encode(pixels).latent_dist
@@ -148,17 +148,14 @@ class BaseStage(Stage):
             reference_ids=reference_ids,
         )
 
-    def reference_inputs(self, pipe, batch):
-        """The batch's references as packed latents (B, K, N_ref, C) and their position ids."""
-        b, k = batch.references.shape[:2]
-        latents, ref_grid = encode_latents(pipe, batch.references.flatten(0, 1))  # (B·K, N_ref, C), the mode
-        reference_latents = latents.reshape(b, k, *latents.shape[1:])  # (B, K, N_ref, C)
-        return reference_latents, reference_position_ids(k, *ref_grid, device=latents.device, dtype=latents.dtype)
-
     def loss(self, pipe, module, batch, generator, step):
         f = self.flow_inputs(pipe, batch, generator)
         # data.reference_batches: some batches carry references, through the base weights (no LoRA)
-        references = self.reference_inputs(pipe, batch) if batch.references is not None else (None, None)
+        references = (
+            encode_reference_pixels(pipe, batch.reference_pixels)
+            if batch.reference_pixels is not None
+            else (None, None)
+        )
         prediction = self.forward(module, f, *references)
         loss = flow_matching_loss(prediction, f["x0"], f["noise"])
         return loss, {"loss": loss.detach(), "diffusion": loss.detach(), **per_sample_logs(prediction, f)}
@@ -192,7 +189,7 @@ class LoraStage(BaseStage):
     def predict(self, pipe, module, batch, f, probe: bool):
         """Flow prediction with the batch's references; with `probe`, also the Eq. 8 rows of the
         batch's correspondence points, (B, K·P, N_tgt), on the configured blocks."""
-        reference_latents, ref_ids = self.reference_inputs(pipe, batch)
+        reference_latents, ref_ids = encode_reference_pixels(pipe, batch.reference_pixels)
         if not probe:
             return self.forward(module, f, reference_latents, ref_ids), None
         recorder = AttentionProbe(batch.rows)
@@ -202,7 +199,7 @@ class LoraStage(BaseStage):
 
     def loss(self, pipe, module, batch, generator, step):
         f = self.flow_inputs(pipe, batch, generator)
-        if batch.references is None:  # reference drop: a plain text-to-image sample
+        if batch.reference_pixels is None:  # reference drop: a plain text-to-image sample
             prediction = self.forward(module, f)
             loss = flow_matching_loss(prediction, f["x0"], f["noise"])
             zero = torch.zeros((), device=loss.device)
