@@ -177,22 +177,3 @@ def test_base_stage_with_references_trains_the_base_through_them():
     changed, _ = stage.loss(pipe, module, batch, torch.Generator().manual_seed(0), step=0)
     assert not torch.isclose(loss.detach(), changed.detach())
     assert all(p.grad is not None for p in module.x_embedder.parameters())
-
-
-def test_a_stage_export_committed_as_its_trained_files_is_restored_whole(tmp_path):
-    from mosaic_studio.train.build_default import restore_export
-
-    pretrained = tmp_path / "init"
-    for name, text in [("model_index.json", "{}"), ("vae/w.bin", "random vae"), ("transformer/w.bin", "random dit")]:
-        (pretrained / name).parent.mkdir(parents=True, exist_ok=True)
-        (pretrained / name).write_text(text)
-    export = tmp_path / "vae" / "pipeline"
-    (export / "vae").mkdir(parents=True)
-    (export / "vae" / "w.bin").write_text("trained vae")
-    restore_export(pretrained, export)
-    assert (export / "vae" / "w.bin").read_text() == "trained vae"  # the committed training wins
-    assert (export / "transformer" / "w.bin").read_text() == "random dit"  # the rest is its input
-    assert (export / "model_index.json").is_file()
-    assert sorted(p.name for p in export.parent.iterdir()) == ["pipeline"]  # no staging left behind
-    restore_export(pretrained, export)  # a complete export is left alone
-    assert (export / "vae" / "w.bin").read_text() == "trained vae"

@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 
 from mosaic_studio import DEFAULT_MODEL_DIR
-from mosaic_studio.files import replace_dir, replace_dir_copy
+from mosaic_studio.files import replace_dir_copy
 from mosaic_studio.mosaic.tiny import BUILD_INFO, TinyFluxConfig, build_tiny_pipeline
 from mosaic_studio.train.config import CONFIGS_DIR, STAGES, load_config
 from mosaic_studio.train.trainer import train
@@ -75,7 +74,6 @@ def main(argv=None) -> None:
             ],
         )
         run_dir = Path(config.run.output_dir)
-        restore_export(pretrained, run_dir / "pipeline")
         if not (run_dir / "pipeline").is_dir():
             began = time.monotonic()
             train(config)
@@ -88,22 +86,6 @@ def main(argv=None) -> None:
     replace_dir_copy(pretrained, Path(args.out))
     write_build_info(Path(args.out), args.seed, timings)
     print(f"default model written to {args.out}; wall minutes per stage: {timings}")
-
-
-def restore_export(pretrained: Path, export: Path) -> None:
-    """Complete a stage export committed as only the files its stage trained (e.g. `vae/`).
-
-    An export is its input pipeline with the trained part replaced; the input is rebuilt
-    deterministically (the seeded init, then the earlier exports), so only the trained part needs
-    to travel between sittings. The full folder is assembled beside it and swapped in."""
-    if not export.is_dir() or (export / "model_index.json").is_file():
-        return
-    staging = export.with_name(f".{export.name}.restoring")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(pretrained, staging, ignore=shutil.ignore_patterns(".*"))
-    shutil.copytree(export, staging, dirs_exist_ok=True)  # the trained files win
-    replace_dir(staging, export)
-    print(f"restored {export} from {pretrained} and its committed trained files")
 
 
 def write_build_info(out: Path, seed: int, timings: dict) -> None:
