@@ -15,23 +15,12 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from mosaic_studio.world.shapes import COLOURS  # the world's palette: the examples stay in its domain
+
 HERE = Path(__file__).resolve().parent
 SIZE = 256  # pixels per reference side: the app's default output size
 SUPERSAMPLE = 4  # drawn at 4x, then downsampled
 WHITE = (255, 255, 255)
-
-COLOURS = {
-    "red": (200, 40, 40),
-    "orange": (235, 130, 30),
-    "yellow": (230, 200, 40),
-    "green": (50, 160, 60),
-    "teal": (30, 150, 150),
-    "blue": (40, 80, 200),
-    "purple": (130, 60, 170),
-    "brown": (130, 80, 40),
-    "black": (35, 35, 35),
-    "pink": (235, 120, 170),
-}
 
 
 def _person(d, main, accent):
