@@ -1,7 +1,8 @@
-"""Atomic folder replacement, shared by the model builders and the sample store.
+"""Atomic replacement of folders and files, shared by the model builders, the trainer, the sample
+store and the exports.
 
-A folder is written complete beside its destination, then renamed into place: a crash leaves
-either the old folder or the new one, never a mix (plus a dot-folder that listings skip).
+A folder or file is written complete beside its destination, then renamed into place: a crash
+leaves either the old one or the new one, never a mix (plus a dot-named leftover that listings skip).
 """
 
 from __future__ import annotations
@@ -9,7 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
+
+_FILE_MODE = 0o644  # as a plain open() would leave it (mkstemp makes 0600 files)
 
 
 def replace_dir(src: str | os.PathLike, dst: str | os.PathLike, aside_prefix: str | None = None) -> None:
@@ -40,3 +45,21 @@ def replace_dir_copy(source: str | os.PathLike, destination: str | os.PathLike) 
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(source, staging, ignore=shutil.ignore_patterns(".*"))
     replace_dir(staging, destination)
+
+
+def write_file_atomic(path: Path, write: Callable[[IO[str]], None]) -> None:
+    """Write a text file through `write(file)` under a temporary name beside `path`, flush it
+    to disk, then rename it over `path`: a reader (or a kill at any moment) sees the old file
+    or the new one, never a truncated one. The temporary file is removed on failure."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -21,17 +21,16 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import IO
 
 from PIL import Image
 
 from mosaic_studio.annotator.propose import POINT_INFO
 from mosaic_studio.annotator.records import PointStatus, SampleRecord, SampleStatus
 from mosaic_studio.annotator.store import ReviewStore
-from mosaic_studio.files import replace_dir
+from mosaic_studio.files import replace_dir, write_file_atomic
 from mosaic_studio.mosaic.data.semalign import (
     DEFAULT_TOKEN_SIZE,
     EXPORT_MANIFEST,
@@ -52,7 +51,7 @@ KEYPOINT_WIDTH = 0.6  # Label Studio keypoint size, percent of the image width
 # Beside a training export folder OUT: .OUT.staging-* is an export being written, .OUT.old-* the
 # previous export during the swap. Dot-folders, so dataset listings skip them.
 _STAGING, _ASIDE = ".staging-", ".old-"
-_DIR_MODE, _FILE_MODE = 0o755, 0o644  # as a plain mkdir / open would leave them (mkdtemp/mkstemp: 07x0)
+_DIR_MODE = 0o755  # as a plain mkdir would leave it (mkdtemp makes 0700 folders)
 
 
 def _records(store: ReviewStore, statuses: Sequence[str]) -> list[SampleRecord]:
@@ -101,24 +100,6 @@ def reviewed_sample(record: SampleRecord, token_size: int = DEFAULT_TOKEN_SIZE) 
     meta = {**source.meta, POINT_INFO: info, REVIEW_META: {"status": record.status.value, "version": record.version}}
     sample = Sample(record.sample_id, source.target, source.caption, references, source.masks_exclusive, meta)
     return validate(sample, token_size)
-
-
-def write_file_atomic(path: Path, write: Callable[[IO[str]], None]) -> None:
-    """Write a text file through `write(file)` under a temporary name beside `path`, flush it
-    to disk, then rename it over `path`: a reader (or a kill at any moment) sees the old file
-    or the new one, never a truncated one. The temporary file is removed on failure."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_destination(out: Path, records: Sequence[SampleRecord]) -> None:

@@ -98,6 +98,11 @@ class _Section:
     def __post_init__(self):
         self.validate()
 
+    @property
+    def uses_references(self) -> bool:
+        """Whether batches carry references: every stage but base, and base with data.reference_batches."""
+        return self.stage != "base" or self.data.reference_batches > 0
+
     def validate(self) -> None:
         hints = get_type_hints(type(self))
         for item in dataclasses.fields(self):
@@ -244,6 +249,11 @@ class TrainConfig:
 
     def __post_init__(self):
         self.validate()
+
+    @property
+    def uses_references(self) -> bool:
+        """Whether batches carry references: every stage but base, and base with data.reference_batches."""
+        return self.stage != "base" or self.data.reference_batches > 0
 
     def validate(self) -> None:
         """Every field, again: `load_config` and `train` call it after values were set in place."""

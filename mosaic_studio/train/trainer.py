@@ -24,6 +24,7 @@ from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from mosaic_studio.files import replace_dir, write_file_atomic
 from mosaic_studio.mosaic.pipeline import MosaicPipeline
 from mosaic_studio.train.config import ConfigError, TrainConfig, config_changes, to_dict
 from mosaic_studio.train.data import BatchSource
@@ -124,8 +125,7 @@ def _refuse_config_changes(config: TrainConfig, out: Path) -> list[str]:
 
 def _check_image_sizes(config: TrainConfig, pixels_per_token: int) -> None:
     """Images must be whole latent tokens of the loaded model, or packing them fails deep in a step."""
-    uses_references = config.stage != "base" or config.data.reference_batches > 0
-    sizes = ["target_size"] + (["ref_size"] if uses_references else [])
+    sizes = ["target_size"] + (["ref_size"] if config.uses_references else [])
     for name in sizes:
         value = getattr(config.data, name)
         if value % pixels_per_token:
@@ -170,8 +170,7 @@ def _save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int, 
     accelerator.save_state(str(partial))
     if accelerator.is_main_process:
         (partial / "step.json").write_text(json.dumps({"step": step, **(extra or {})}))
-        shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)
+        replace_dir(partial, final)  # a re-run of the same step swaps its older copy out whole
         for old in checkpoints(out)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -202,7 +201,7 @@ def train(config: TrainConfig) -> Path:
         config.data,
         config.optim.batch_size,
         token_size,
-        with_references=config.stage != "base" or config.data.reference_batches > 0,
+        with_references=config.uses_references,
         points=config.loss.points_per_reference,
         reference_batches=config.data.reference_batches if config.stage == "base" else 1.0,
     )
@@ -236,9 +235,7 @@ def train(config: TrainConfig) -> Path:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         # Written whole, then renamed: a kill mid-write must not leave a config.json the next resume cannot read.
-        stored = out / "config.json.tmp"
-        stored.write_text(json.dumps(to_dict(config), indent=2))
-        stored.replace(out / "config.json")
+        write_file_atomic(out / "config.json", lambda handle: json.dump(to_dict(config), handle, indent=2))
 
     log_path = out / "log.csv"
     if accelerator.is_main_process:

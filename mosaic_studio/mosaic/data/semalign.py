@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mosaic_studio.files import replace_dir
+from mosaic_studio.files import replace_dir, write_file_atomic
 from mosaic_studio.mosaic.images import MAX_IMAGE_PIXELS
 
 MIN_REFERENCES = 1
@@ -592,9 +592,7 @@ def check_manifest(path, manifest: dict) -> None:
         if existing != manifest:
             raise ValueError(f"{path} records other settings {existing}; use a new output folder")
         return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    write_file_atomic(path, lambda handle: json.dump(manifest, handle, indent=1))
 
 
 class SemAlignDataset:
