@@ -1,6 +1,8 @@
 """app.build_demo and the tabs' Gradio-facing handlers on the embedded default: bad input
 becomes a visible gr.Error naming the problem, and the review store stays unchanged."""
 
+from pathlib import Path
+
 import gradio as gr
 import pytest
 from studio_fixtures import FAST, box_file, example_references, free_target_point, png_declaring
@@ -107,7 +109,8 @@ def test_bad_input_is_a_visible_error(pipe, run_generate, tmp_path, case, messag
 
 def test_preview_shows_the_preprocessed_references_or_names_the_bad_one(tmp_path):
     shown = generate.on_preview(example_references(2), False)
-    assert [caption for _, caption in shown] == ["1: blue_person.png", "2: brown_quadruped.png"]
+    names = [Path(name).name for name in example_references(2)]
+    assert [caption for _, caption in shown] == [f"{i}: {name}" for i, name in enumerate(names, 1)]
     assert shown[0][0].size == (256, 256) and shown[0][0].getpixel((0, 0)) == (255, 255, 255)  # white padding
     with pytest.raises(gr.Error, match="reference 1 .*too large"):
         generate.on_preview([png_declaring(tmp_path / "bomb.png", 30_000, 20_000)], False)

@@ -48,16 +48,27 @@ if CHROMIUM.exists():  # with chromium present a missing playwright package is a
     from playwright import sync_api
 
 
-def click_image_pixel(page, selector: str, x: float, y: float) -> None:
-    """Click natural pixel (x, y) of the <img> in `selector`, as Gradio maps clicks back
+def _image_point(img, x: float, y: float) -> tuple[float, float]:
+    """Viewport position of natural pixel (x, y) of `img`, as Gradio maps clicks back
     (object-fit: contain, never scaled up)."""
-    img = page.locator(f"{selector} img").first
     box = img.bounding_box()
     natural = img.evaluate("e => [e.naturalWidth, e.naturalHeight]")
     scale = min(box["width"] / natural[0], box["height"] / natural[1], 1.0)
     left = box["x"] + (box["width"] - natural[0] * scale) / 2
     top = box["y"] + (box["height"] - natural[1] * scale) / 2
-    page.mouse.click(left + x * scale, top + y * scale)
+    return left + x * scale, top + y * scale
+
+
+def click_image_pixel(page, selector: str, x: float, y: float) -> None:
+    """Click natural pixel (x, y) of the <img> in `selector`, first scrolling it into the middle
+    of the window: a mouse click outside the viewport reaches nothing."""
+    img = page.locator(f"{selector} img").first
+    _, top = _image_point(img, x, y)
+    # instant: a smooth scroll would still be moving when the position is read back
+    page.evaluate(
+        "offset => window.scrollBy({top: offset, behavior: 'instant'})", top - page.viewport_size["height"] / 2
+    )
+    page.mouse.click(*_image_point(img, x, y))
 
 
 def test_generate_inspect_annotate_in_chromium(tmp_path):

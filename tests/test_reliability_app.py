@@ -318,7 +318,7 @@ def test_errors_name_an_upload_by_its_file_name_only(open_app, tmp_path):
         ("GRADIO_SERVER_PORT", "99999", "an integer in 1–65535"),
         ("MOSAIC_MAX_QUEUE", "abc", "an integer >= 1"),
         ("MOSAIC_MAX_QUEUE", "-3", "an integer >= 1"),
-        ("MOSAIC_QUANTIZE", "2bit", "one of none, 8bit, 4bit"),
+        ("MOSAIC_QUANTIZE", "2bit", "one of none, int8, 8bit, 4bit"),
         ("MOSAIC_DTYPE", "fp16", "one of float32, bfloat16, float16"),
         ("MOSAIC_SHARE", "maybe", "one of 1, true"),
         ("MOSAIC_ADMIN", "maybe", "one of 1, true"),

@@ -132,6 +132,8 @@ BAD = {
     "data.caption_drop": ["1.5", "-0.1", "nan", "true"],
     "data.reference_batches": ["1.5", "-0.1"],
     "data.reference_drop": ["2"],
+    "data.composed": ["data/composed"],  # without data.composed_fraction
+    "data.composed_fraction": ["1.5", "0.5"],  # 0.5 without data.composed
     "model.pretrained": [""],
     "model.lora_rank": ["0"],
     "model.max_sequence_length": ["0", "513"],

@@ -1,6 +1,8 @@
 """One generation on the embedded model (64×64, 2 steps), the inspector reading its recorded
 maps, and the attention-proposed review item."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -58,7 +60,7 @@ def model_blocks(transformer) -> list[str]:
 def test_generation_keeps_images_references_maps_and_png_metadata(generation, pipe):
     assert len(generation.images) == 2 and generation.images[0].size == (64, 64)
     assert [r.size for r in generation.reference_images] == [(64, 64)] * 3
-    assert generation.categories == ["human", "animal", "object"]
+    assert generation.categories == ["human", "animal", "unknown"]  # a category not given is not guessed
     assert generation.blocks == model_blocks(pipe.transformer)  # all of them: 64² fits the budget
     settings = read_settings(generation.paths[1])
     assert (settings["prompt"], settings["seed"], settings["image"], settings["steps"]) == (
@@ -67,7 +69,7 @@ def test_generation_keeps_images_references_maps_and_png_metadata(generation, pi
         2,
         2,
     )
-    assert settings["references"] == ["blue_person.png", "brown_quadruped.png", "yellow_bird.png"]
+    assert settings["references"] == [Path(name).name for name in example_references(3)]
 
 
 @pytest.mark.parametrize(
@@ -106,13 +108,15 @@ def test_bad_references_are_named(pipe, tmp_path):
 
 
 def test_record_blocks_fits_the_budget(pipe):
-    images, refs, ref_tokens, target_tokens = 1, 3, 16, 16
-    per_block = 4 * images * refs * ref_tokens * target_tokens  # float32 maps of one block
-    every = record_blocks(pipe.transformer, images, refs, ref_tokens, target_tokens)
+    shape = dict(num_images=1, num_refs=3, ref_tokens=16, target_tokens=16, recorded_steps=28)
+    per_block = 4 * 1 * 3 * 16 * 16 * (10 + 1)  # float32 maps of one block: 10 step bins and the mean
+    every = record_blocks(pipe.transformer, **shape)
     assert every == model_blocks(pipe.transformer) and len(every) > 2
-    two = record_blocks(pipe.transformer, images, refs, ref_tokens, target_tokens, budget=2 * per_block)
-    assert two == [every[0], every[-1]]
-    assert record_blocks(pipe.transformer, images, refs, ref_tokens, target_tokens, budget=1) == [every[0]]
+    assert record_blocks(pipe.transformer, **shape, budget=2 * per_block) == [every[0], every[-1]]
+    assert record_blocks(pipe.transformer, **shape, budget=2 * per_block - 1) == [every[0]]  # the bins count
+    assert record_blocks(pipe.transformer, **shape, budget=1) == [every[0]]
+    few_steps = {**shape, "recorded_steps": 2}  # two steps: two bins, not ten
+    assert record_blocks(pipe.transformer, **few_steps, budget=2 * 4 * 3 * 16 * 16 * 3) == [every[0], every[-1]]
 
 
 def test_heatmap_reads_the_recorded_row(generation):
@@ -143,7 +147,7 @@ def test_strip_clicks_map_to_reference_pixels(generation):
 
 def test_review_item_proposes_subject_points_disjoint_in_the_target(generation, tmp_path):
     sample = review_item(generation, 0, generation.maps(0, 3), tmp_path, per_reference=3)
-    assert [r.category for r in sample.references] == ["human", "animal", "object"]
+    assert [r.category for r in sample.references] == ["human", "animal", "unknown"]
     assert {p.source for p in sample.points} == {SOURCE} and len(sample.points) >= 3
     grid, token = generation.record.target_grid, generation.record.pixels_per_token
     owners = {}

@@ -115,3 +115,54 @@ def test_canvas_clicks_select_move_and_add():
     added = click(started, ADD_MODE, *at(TARGET, 0, (5.0, 60.0)))
     assert added.draft.pair(5).ref_index == 1 and added.draft.pair(5).added
     assert added.draft.pair(5).target_xy == pytest.approx((5.0, 60.0))
+
+
+def test_a_verdict_moves_on_to_the_next_unjudged_pair_and_undo_comes_back():
+    draft = Draft.from_sample(sample(points_per_ref=3)).select(3).judge("wrong")
+    assert draft.pair(3).verdict == "wrong" and draft.selected == 4
+    draft = draft.select(6).judge("correct")
+    assert draft.selected == 1  # after the last pair: round to the first still unjudged
+    draft = draft.judge("unsure")
+    assert draft.selected == 2  # 1 judged now, so on to 2, skipping nothing judged
+    back = draft.undo()
+    assert back.selected == 1 and back.pair(1).verdict is None  # one step: verdict and selection
+    draft = draft.judge_remaining("correct").select(5).judge("wrong")
+    assert draft.selected == 5 and draft.pair(5).verdict == "wrong"  # nothing left: it stays
+    assert Draft.from_sample(sample()).select(2).step(1).selected == 3  # n / p still move without judging
+
+
+def test_a_verdict_skips_pairs_added_in_this_review():
+    draft = Draft.from_sample(sample(refs=1)).start_pair(0, (1.0, 1.0)).finish_pair((2.0, 2.0))
+    draft = draft.select(1).judge("correct")
+    assert draft.selected == 2  # pair 3 (added) needs no verdict
+    assert draft.judge("correct").selected == 2  # the last unjudged one: nothing left, it stays
+
+
+def _adds_up(draft: Draft) -> bool:
+    c = draft.counts()
+    return c["pairs"] == c["judged"] + c["to judge"] + c["added"] == len(draft.visible())
+
+
+def test_counts_add_up_after_deleting_moving_and_adding():
+    draft = Draft.from_sample(sample(refs=2, points_per_ref=9))  # 18 pairs, as in the report
+    draft = draft.select(1).judge("correct").select(2).delete()
+    assert draft.counts() == {"pairs": 17, "judged": 1, "to judge": 16, "added": 0, "moved": 0, "deleted": 1}
+    steps = [
+        lambda d: d.select(4).move(target_xy=(1.0, 1.0)),
+        lambda d: d.start_pair(1, (3.0, 3.0)).finish_pair((4.0, 4.0)),
+        lambda d: d.select(19).delete(),  # the added pair: gone without a verdict, not "deleted"
+        lambda d: d.judge_remaining("unsure"),
+    ]
+    for step in steps:
+        draft = step(draft)
+        assert _adds_up(draft), draft.counts()
+    assert draft.counts() == {"pairs": 17, "judged": 17, "to judge": 0, "added": 0, "moved": 1, "deleted": 1}
+
+
+def test_the_counts_line_says_what_adds_up():
+    from mosaic_studio.studio.annotation import counts_line
+
+    draft = Draft.from_sample(sample(refs=2, points_per_ref=9)).select(1).judge("correct").select(2).delete()
+    assert counts_line(draft) == (
+        "17 pairs: 1 judged · 16 to judge · 0 added — 0 moved · 1 deleted (judged wrong, off the canvas)"
+    )

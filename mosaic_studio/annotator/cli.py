@@ -1,14 +1,16 @@
 """Command line of the annotator: `python -m mosaic_studio.annotator COMMAND`.
 
+  requests proposal requests from folders of photos of one's own subjects
   propose  propose correspondences for a data folder (resumable, sharded by rank)
   import   register samples in a review store (project format, synthetic world, Subjects200K)
   sample   mark the stratified verification sample in a review store
   report   point error rate per stratum and overall, and inter-annotator agreement
   export   accepted samples as training data, or Label Studio JSON
+  compose  multi-subject samples from single-subject ones (resumable, sharded by rank)
 
 Each command is a function that adds its subparser and sets `run`; a new command is one more
-entry in COMMANDS (propose, import and export live in annotator.cli_data). An unknown command
-gets argparse's usual error.
+entry in COMMANDS (requests, propose, import, export and compose live in annotator.cli_data).
+An unknown command gets argparse's usual error.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from mosaic_studio.annotator.cli_data import add_export_command, add_import_command, add_propose_command
+from mosaic_studio.annotator.cli_data import (
+    add_compose_command,
+    add_export_command,
+    add_import_command,
+    add_propose_command,
+    add_requests_command,
+)
 from mosaic_studio.annotator.store import ReviewStore
 from mosaic_studio.annotator.verify import (
     DEFAULT_FRACTION,
@@ -148,11 +156,13 @@ def _report_table(report: ErrorReport, agreement: dict | None, scope: str) -> st
 # --- entry point ------------------------------------------------------------------------------
 
 COMMANDS: list[Callable] = [
+    add_requests_command,
     add_propose_command,
     add_import_command,
     add_sample_command,
     add_report_command,
     add_export_command,
+    add_compose_command,
 ]
 
 

@@ -1,4 +1,7 @@
-"""The data commands of `python -m mosaic_studio.annotator`: propose, import, export.
+"""The data commands of `python -m mosaic_studio.annotator`: requests, propose, import, export, compose.
+
+  requests python -m mosaic_studio.annotator requests --photos DIR --out DIR
+           one proposal request per (reference, target) pair of photos of the same subject
 
   propose  python -m mosaic_studio.annotator propose --data DIR --out DIR [--segmenter NAME] [--extractors dift,sift]
            resumable; sharded by --rank/--world-size (default: RANK/WORLD_SIZE, so it works
@@ -6,6 +9,8 @@
   import   python -m mosaic_studio.annotator import --store DB --format semalign|synthetic|subjects200k --data DIR
   export   python -m mosaic_studio.annotator export --store DB --out DIR            (training format)
            python -m mosaic_studio.annotator export --store DB --out tasks.json --format label-studio
+  compose  python -m mosaic_studio.annotator compose --data DIR --out DIR --num N
+           multi-subject samples from single-subject ones; resumable and sharded like propose
 
 Heavy modules (torch, diffusers, transformers) are imported only by the command that needs them.
 """
@@ -247,4 +252,153 @@ def run_export(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"left out: {problem}")
     print(f"exported {written} samples to {args.out}")
+    return 0
+
+
+# --- compose ----------------------------------------------------------------------------------
+
+
+def _numbers(kind: type, count: int):
+    """An argparse type: `count` comma-separated numbers, e.g. 0.4,0.8."""
+
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(kind(part) for part in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != count:
+            raise argparse.ArgumentTypeError(f"expected {count} comma-separated {kind.__name__}s, got {text!r}")
+        return values
+
+    return parse
+
+
+def add_compose_command(commands) -> None:
+    from mosaic_studio.annotator.compose import BACKGROUNDS, RESAMPLING, ComposeConfig
+    from mosaic_studio.mosaic.data.subjects200k import PANEL_PADDING, PANEL_SIZE
+
+    defaults = ComposeConfig()
+    parser = commands.add_parser("compose", help="multi-subject samples from single-subject ones")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="folder of single-subject sample folders, or the Subjects200K root"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output dataset folder (resumable)")
+    parser.add_argument("--num", type=int, required=True, help="composed samples in the dataset")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--format", choices=["semalign", "subjects200k"], default="semalign")
+    parser.add_argument("--media", type=Path, default=None, help="subjects200k: folder for the converted samples")
+    parser.add_argument("--panel-size", type=int, default=PANEL_SIZE, help="subjects200k panel side")
+    parser.add_argument("--padding", type=int, default=PANEL_PADDING, help="subjects200k padding")
+    parser.add_argument("--size", type=int, default=defaults.size, help="canvas side in pixels")
+    parser.add_argument("--min-subjects", type=int, default=defaults.min_subjects)
+    parser.add_argument("--max-subjects", type=int, default=defaults.max_subjects)
+    parser.add_argument(
+        "--scale",
+        type=_numbers(float, 2),
+        default=defaults.scale,
+        metavar="LOW,HIGH",
+        help="range of the factor on each source's pixels (default %(default)s)",
+    )
+    parser.add_argument(
+        "--position",
+        type=_numbers(float, 2),
+        default=defaults.position,
+        metavar="LOW,HIGH",
+        help="range of a subject's box centre, fraction of the canvas side (default %(default)s)",
+    )
+    parser.add_argument("--background", choices=BACKGROUNDS, default=defaults.background)
+    parser.add_argument("--plain-colour", type=_numbers(int, 3), default=defaults.plain_colour, metavar="R,G,B")
+    parser.add_argument(
+        "--resample",
+        choices=RESAMPLING,
+        default=defaults.resample,
+        help="nearest keeps source pixels exactly at integer scales",
+    )
+    parser.add_argument(
+        "--min-visible", type=float, default=defaults.min_visible, help="of a subject's pixels, after occlusion"
+    )
+    parser.add_argument("--min-points", type=int, default=defaults.min_points, help="visible points per subject")
+    parser.add_argument("--token-size", type=int, default=defaults.token_size, help="Eq. 2 holds at this size")
+    parser.add_argument("--rank", type=int, default=_env_int("RANK", 0))
+    parser.add_argument("--world-size", type=int, default=_env_int("WORLD_SIZE", 1))
+    parser.add_argument(
+        "--on-error",
+        choices=["stop", "skip"],
+        default="stop",
+        help="a sample that cannot be composed stops the run, or is skipped",
+    )
+    parser.set_defaults(run=run_compose_command)
+
+
+def run_compose_command(args: argparse.Namespace) -> int:
+    from mosaic_studio.annotator.compose import ComposeConfig
+    from mosaic_studio.annotator.compose_run import convert_subjects200k, run_compose
+
+    config = ComposeConfig(
+        size=args.size,
+        min_subjects=args.min_subjects,
+        max_subjects=args.max_subjects,
+        scale=args.scale,
+        position=args.position,
+        background=args.background,
+        plain_colour=args.plain_colour,
+        resample=args.resample,
+        min_visible=args.min_visible,
+        min_points=args.min_points,
+        token_size=args.token_size,
+    )
+    data = args.data
+    if args.format == "subjects200k":
+        if args.media is None:
+            raise ValueError("--format subjects200k needs --media DIR for the converted samples")
+        skipped = convert_subjects200k(
+            args.data, args.media, token_size=args.token_size, panel_size=args.panel_size, padding=args.padding
+        )
+        for reason in skipped:
+            print(f"skipped pair: {reason}")
+        data = args.media
+    counts, _ = run_compose(
+        data,
+        args.out,
+        args.num,
+        seed=args.seed,
+        config=config,
+        rank=args.rank,
+        world_size=args.world_size,
+        on_error=args.on_error,
+    )
+    print(f"rank {args.rank}: composed {counts.done}, already done {counts.present}, skipped {counts.failed}")
+    return 0
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+def add_requests_command(commands) -> None:
+    from mosaic_studio.annotator.photos import DEFAULT_MAX_SIDE, PAIRINGS
+    from mosaic_studio.mosaic.data.semalign import CATEGORIES
+
+    parser = commands.add_parser("requests", help="proposal requests from folders of photos, one folder per subject")
+    parser.add_argument("--photos", type=Path, required=True, help="one folder per subject, two or more photos each")
+    parser.add_argument("--out", type=Path, required=True, help="folder of request folders for propose (resumable)")
+    parser.add_argument(
+        "--category", choices=CATEGORIES, default="object", help="where a subject.json does not say (default object)"
+    )
+    parser.add_argument(
+        "--pairs",
+        choices=PAIRINGS,
+        default="all",
+        help="all: every ordered pair of a subject's photos; next: each photo with the next as reference",
+    )
+    parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="longer side of the stored images")
+    parser.set_defaults(run=run_requests)
+
+
+def run_requests(args: argparse.Namespace) -> int:
+    from mosaic_studio.annotator.photos import make_requests
+
+    written, present = make_requests(
+        args.photos, args.out, category=args.category, pairing=args.pairs, max_side=args.max_side
+    )
+    print(f"wrote {written} requests to {args.out}" + (f"; {present} already there" if present else ""))
     return 0

@@ -149,6 +149,8 @@ def export_training(
     export as it was; readers (`semalign.list_sample_dirs`) refuse a folder whose manifest is
     unfinished or does not match its samples.
     """
+    from tqdm import tqdm
+
     wanted = {SampleStatus(status) for status in statuses}  # ValueError for an unknown status
     out = Path(out)
     everything = _records(store, [status.value for status in SampleStatus])
@@ -180,7 +182,7 @@ def export_training(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}{_STAGING}", dir=out.parent))
     try:
         write_file_atomic(staging / EXPORT_MANIFEST, lambda handle: json.dump(manifest, handle, indent=1))
-        for record in good:
+        for record in tqdm(good, desc="export", unit="sample"):
             save_sample(reviewed_sample(record, token_size), staging / record.sample_id, token_size)
         manifest["complete"] = True  # written last: the staging folder now is a whole export
         write_file_atomic(staging / EXPORT_MANIFEST, lambda handle: json.dump(manifest, handle, indent=1))

@@ -122,7 +122,12 @@ def import_folders(
     if not data.is_dir():
         raise FileNotFoundError(f"no data folder at {data}")
     folders = list_sample_dirs(data)
-    records = [record_from_sample(load_sample(folder, token_size), folder, source) for folder in folders]
+    from tqdm import tqdm
+
+    records = [
+        record_from_sample(load_sample(folder, token_size), folder, source)
+        for folder in tqdm(folders, desc="import", unit="sample")
+    ]
     todo = _plan(records, _existing_ids(store), skip_existing)
     return _add_all(store, todo, actor), len(records) - len(todo)
 

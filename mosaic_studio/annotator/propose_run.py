@@ -14,13 +14,14 @@ sample id.
 Output: one SemAlign-MS sample folder per input, written atomically, plus `proposal.json` (the
 settings; a resumed run must use the same). A finished sample is never redone, so a run can be
 interrupted and restarted. Sample i goes to rank i % world_size (RANK / WORLD_SIZE from the
-environment by default, as `accelerate launch` and torchrun set them).
+environment by default, as `accelerate launch` and torchrun set them). The run itself (shards,
+resume, progress bar) is annotator.resumable, shared with `compose`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -29,15 +30,8 @@ import numpy as np
 from PIL import Image
 
 from mosaic_studio.annotator.propose import ProposalConfig, ProposalRequest, Proposer
-from mosaic_studio.mosaic.data.semalign import (
-    MASK_THRESHOLD,
-    PARTIAL_PREFIX,
-    SAMPLE_JSON,
-    check_manifest,
-    load_sample,
-    sample_file,
-    save_sample,
-)
+from mosaic_studio.annotator.resumable import Job, run_jobs
+from mosaic_studio.mosaic.data.semalign import MASK_THRESHOLD, SAMPLE_JSON, load_sample, sample_file
 from mosaic_studio.mosaic.images import MAX_IMAGE_PIXELS, flatten_alpha, load_image
 
 REQUEST_JSON = "request.json"
@@ -53,13 +47,6 @@ def input_dirs(data: Path) -> list[Path]:
         for p in data.iterdir()
         if p.is_dir() and not p.name.startswith(".") and ((p / SAMPLE_JSON).is_file() or (p / REQUEST_JSON).is_file())
     )
-
-
-def shard(items: list, rank: int, world_size: int) -> list:
-    """This rank's share: every world_size-th item starting at `rank`."""
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world size {world_size}")
-    return items[rank::world_size]
 
 
 def _rgb(path: Path, what: str) -> np.ndarray:
@@ -142,13 +129,6 @@ def read_request(folder: Path) -> ProposalRequest:
     )
 
 
-def _remove_own_partials(out: Path, names: list[str]) -> None:
-    """Leftovers of this rank's interrupted writes (never another rank's work in progress)."""
-    for name in names:
-        for stale in out.glob(f"{PARTIAL_PREFIX}{name}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
 def run_proposals(
     data: Path,
     out: Path,
@@ -160,28 +140,25 @@ def run_proposals(
     report: Callable[[str], None] = print,
 ) -> tuple[int, int, int]:
     """Propose every unfinished sample of this rank's shard; (done, skipped, failed) counts."""
-    from tqdm import tqdm
 
-    mine = shard(input_dirs(data), rank, world_size)
-    out.mkdir(parents=True, exist_ok=True)
-    check_manifest(out / MANIFEST, manifest)
-    _remove_own_partials(out, [folder.name for folder in mine])
-    todo = [folder for folder in mine if not (out / folder.name / SAMPLE_JSON).is_file()]
-    report(
-        f"rank {rank}/{world_size}: {len(mine)} samples, {len(mine) - len(todo)} already proposed, {len(todo)} to do"
+    def propose_one(folder: Path):
+        return proposer.propose(read_request(folder))
+
+    jobs = [Job(folder.name, functools.partial(propose_one, folder)) for folder in input_dirs(data)]
+    counts = run_jobs(
+        jobs,
+        out,
+        manifest_path=out / MANIFEST,
+        manifest=manifest,
+        token_size=proposer.config.token_size,
+        rank=rank,
+        world_size=world_size,
+        on_error=on_error,
+        command="propose",
+        verb="proposed",
+        report=report,
     )
-    done = failed = 0
-    for folder in tqdm(todo, desc=f"propose [{rank}]", unit="sample", position=rank):
-        try:
-            sample = proposer.propose(read_request(folder))
-            save_sample(sample, out / folder.name, token_size=proposer.config.token_size)
-            done += 1
-        except (ValueError, FileNotFoundError) as error:
-            if on_error == "stop":
-                raise
-            failed += 1
-            tqdm.write(f"skipped {folder.name}: {error}")
-    return done, len(mine) - len(todo), failed
+    return counts.done, counts.present, counts.failed
 
 
 def manifest_of(config: ProposalConfig, model: str | None, options: dict) -> dict:

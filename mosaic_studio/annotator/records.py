@@ -15,6 +15,9 @@ from enum import Enum
 from mosaic_studio.annotator.verify import Stratum, stratum_of
 
 XY = tuple[float, float]  # (x, y) in pixels of the image it belongs to
+# The category of a reference whose category nobody gave: its own stratum, never folded into a
+# real one (the error rate of "object" must not silently include cats and people).
+UNKNOWN_CATEGORY = "unknown"
 
 
 class SampleStatus(str, Enum):

@@ -69,9 +69,11 @@ def stratum_from_text(text: str) -> Stratum:
 
 
 def format_stratum(stratum: Stratum) -> str:
-    """Human-readable label for tables: `2 × chair + person`."""
-    count, combination = stratum
-    return f"{count} × {' + '.join(combination)}"
+    """A stratum in words, each category once with its count: `3 × object`, `animal + human`,
+    `2 × human + object` (the subject count is the sum; tables may give it a column of its own)."""
+    _, combination = stratum
+    counts = sorted(Counter(combination).items())
+    return " + ".join(category if count == 1 else f"{count} × {category}" for category, count in counts)
 
 
 # --- sampling ---------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ MOSAIC needs two image streams per block (docs/DESIGN.md §1):
 so the AdaLN-Zero modulation, the gated residuals and the MLP are applied per stream, using the
 stock submodules. Attention goes through the block's `MosaicAttnProcessor` (docs/DESIGN.md §2),
 the LoRA acts on the reference stream only (§3). With no references (`reference is None`) each
-function computes exactly what the stock block does.
+function computes exactly what the stock block does. In fast mode after its first step
+(`reference.computed` is False) the reference stream does not run: only its cached keys and
+values reach the attention (§7).
 """
 
 from __future__ import annotations
@@ -60,9 +62,11 @@ def double_block_forward(
     with _lora(block.norm1, False):
         norm_target, *target_mod = block.norm1(target, emb=temb)
     branch = None
-    if reference is not None:
+    if reference is not None and reference.computed:
         norm_reference, *reference_mod = block.norm1(reference.tokens, emb=reference.temb)
         branch = reference.branch(norm_reference, text_len=text.shape[1])
+    elif reference is not None:  # fast mode, cache filled
+        branch = reference.branch(None, text_len=text.shape[1])
 
     outputs = block.attn(
         hidden_states=norm_target, encoder_hidden_states=norm_text, image_rotary_emb=rotary_emb, reference_branch=branch
@@ -71,7 +75,7 @@ def double_block_forward(
 
     text = _gated_mlp_residual(text, text_attn, text_mod, block.norm2_context, block.ff_context, lora=False)
     target = _gated_mlp_residual(target, target_attn, target_mod, block.norm2, block.ff, lora=False)
-    if reference is None:
+    if reference is None or not reference.computed:
         return text, target, None
     reference_tokens = _gated_mlp_residual(
         reference.tokens, outputs[2], reference_mod, block.norm2, block.ff, lora=True
@@ -108,16 +112,18 @@ def single_block_forward(
     reference_tokens), the last (B, K·N_ref, D) or None."""
     normed, gate, mlp = _single_stream_in(block, base, temb, lora=False)
     branch = None
-    if reference is not None:
+    if reference is not None and reference.computed:
         reference_normed, reference_gate, reference_mlp = _single_stream_in(
             block, reference.tokens, reference.temb, lora=True
         )
         branch = reference.branch(reference_normed, text_len=text_len)
+    elif reference is not None:  # fast mode, cache filled
+        branch = reference.branch(None, text_len=text_len)
 
     outputs = block.attn(hidden_states=normed, image_rotary_emb=rotary_emb, reference_branch=branch)
     base_attn = outputs if reference is None else outputs[0]
     base = _single_stream_out(block, base, base_attn, gate, mlp, lora=False)
-    if reference is None:
+    if reference is None or not reference.computed:
         return base, None
     reference_tokens = _single_stream_out(block, reference.tokens, outputs[1], reference_gate, reference_mlp, lora=True)
     return base, reference_tokens

@@ -6,9 +6,14 @@ loads FLUX.1-dev (+ the authors' LoRA) and the project's embedded tiny default.
 
 from __future__ import annotations
 
+# First, before diffusers: importing `loading` silences the torchvision notice that transformers
+# prints when diffusers' FLUX pipeline is imported (loading.quiet_torchvision_notice).
+from mosaic_studio.mosaic.loading import quiet_text_encoder_lora_notice  # isort: split
+
+import logging
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -16,7 +21,7 @@ import torch
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline, retrieve_timesteps
 from diffusers.utils import BaseOutput
 
-from mosaic_studio.mosaic.attention import install_mosaic_processors
+from mosaic_studio.mosaic.attention import ReferenceCache, install_mosaic_processors
 from mosaic_studio.mosaic.data.semalign import MAX_REFERENCES  # the official model was trained with up to six
 from mosaic_studio.mosaic.images import (
     REFERENCE_CROP_TOLERANCE,
@@ -25,10 +30,16 @@ from mosaic_studio.mosaic.images import (
     preprocess_reference,
 )
 from mosaic_studio.mosaic.latents import encode_latents, pixels_per_token, resolution_shift
-from mosaic_studio.mosaic.lora_io import MosaicLoraMixin
+from mosaic_studio.mosaic.lora_io import DEFAULT_ADAPTER, MosaicLoraMixin
+from mosaic_studio.mosaic.native import FLUX_DEV_SETTINGS, NativeSettings, bundled_lora, read_native_settings
 from mosaic_studio.mosaic.probe import all_double_blocks
 from mosaic_studio.mosaic.record import AttentionRecord, AttentionRecorder
-from mosaic_studio.mosaic.transformer import TIMESTEP_SCALE, mosaic_forward, reference_position_ids
+from mosaic_studio.mosaic.transformer import (
+    TIMESTEP_SCALE,
+    check_reference_strengths,
+    mosaic_forward,
+    reference_position_ids,
+)
 from mosaic_studio.mosaic.validation import (
     CallInputs,
     check_call_inputs,
@@ -36,13 +47,17 @@ from mosaic_studio.mosaic.validation import (
 )
 
 OFFICIAL_REFERENCE_SIZE = 512  # references are preprocessed to this size for the official LoRA
+logger = logging.getLogger(__name__)
 
 
 def default_settings(pipe) -> dict:
-    """Usual generation settings: FLUX.1-dev's (guidance-distilled) or the small default's."""
-    if pipe.transformer.config.guidance_embeds:
-        return {"side": 512, "steps": 28, "guidance": 3.5}
-    return {"side": 256, "steps": 20, "guidance": 3.5}
+    """The model's native settings (`MosaicPipeline.native_settings`) as side, steps, guidance."""
+    native = pipe.native_settings
+    return {
+        "side": min(native.height, native.width),
+        "steps": native.num_inference_steps,
+        "guidance": native.guidance_scale,
+    }
 
 
 @dataclass
@@ -82,6 +97,56 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
         )
         # Once, here (constructor and from_pretrained alike); a processor set later is respected.
         install_mosaic_processors(self.transformer)
+        self._native_settings = FLUX_DEV_SETTINGS  # from_pretrained reads a folder's own record
+        self.mosaic_lora_sources: dict[str, str] = {}  # adapter name → the file or repo it came from
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *, load_bundled_lora: bool = True, **kwargs):
+        """diffusers' `from_pretrained`, plus what a local model folder records about itself
+        (`mosaic.native`): `native_settings` from its `mosaic_defaults.json` (else FLUX.1-dev's),
+        and the MOSAIC LoRA it ships (`mosaic_lora.safetensors`), loaded as the active adapter with
+        one log line saying so, unless `load_bundled_lora=False` (then load one yourself with
+        `load_mosaic_lora`). A hub id is loaded as diffusers does: FLUX.1-dev needs
+        `load_mosaic_lora("ByteDance-FanQie/MOSAIC", weight_name="subject_512.safetensors")`."""
+        native = read_native_settings(pretrained_model_name_or_path)  # before the weights: a bad record fails fast
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if native is not None:
+            pipe.native_settings = native
+        lora = bundled_lora(pretrained_model_name_or_path) if load_bundled_lora else None
+        if lora is not None:
+            pipe.load_mosaic_lora(lora.parent, weight_name=lora.name)
+            logger.info(
+                "loaded the MOSAIC LoRA bundled in the model folder: %s (load_bundled_lora=False skips it)", lora
+            )
+        return pipe
+
+    def load_mosaic_lora(
+        self, path_or_hub_id, weight_name: str | None = None, adapter_name: str = DEFAULT_ADAPTER, **kwargs
+    ):
+        """`MosaicLoraMixin.load_mosaic_lora`, recording where the adapter came from
+        (`mosaic_lora_sources`) and without diffusers' notice that the LoRA has no text-encoder
+        keys (a MOSAIC LoRA never has: it acts on the transformer only)."""
+        with quiet_text_encoder_lora_notice():
+            super().load_mosaic_lora(path_or_hub_id, weight_name=weight_name, adapter_name=adapter_name, **kwargs)
+        self.mosaic_lora_sources[adapter_name] = "/".join(str(part) for part in (path_or_hub_id, weight_name) if part)
+
+    @property
+    def native_settings(self) -> NativeSettings:
+        """The settings this model was trained for: what a call uses for every setting it leaves
+        out (height, width, reference_size, num_inference_steps, guidance_scale)."""
+        return self._native_settings
+
+    @native_settings.setter
+    def native_settings(self, settings: NativeSettings) -> None:
+        if not isinstance(settings, NativeSettings):
+            raise TypeError(f"native_settings must be a mosaic.native.NativeSettings, got {type(settings).__name__}")
+        self._native_settings = settings
+
+    def _native_unless_given(self, **given) -> tuple:
+        """`given`'s values in order, each None replaced by that native setting (`is None`, not
+        `or`: an explicit 0 is an error to report, not a request for the default)."""
+        native = self.native_settings
+        return tuple(getattr(native, name) if value is None else value for name, value in given.items())
 
     @property
     def pixels_per_token(self) -> int:
@@ -92,6 +157,11 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
         """The output's shorter side, capped at the official 512, rounded to whole tokens."""
         side = min(height, width, OFFICIAL_REFERENCE_SIZE)
         return max(self.pixels_per_token, side // self.pixels_per_token * self.pixels_per_token)
+
+    def native_reference_size(self, height: int, width: int) -> int:
+        """The reference size of a call that gives none: the model's native one, but no larger
+        than `default_reference_size` (a reference is never larger than the output's shorter side)."""
+        return min(self.native_settings.reference_size, self.default_reference_size(height, width))
 
     @torch.no_grad()
     def encode_references(
@@ -121,6 +191,8 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
         guidance,
         reference_latents,
         reference_ids,
+        reference_strengths=None,
+        reference_cache=None,
     ):
         return mosaic_forward(
             self.transformer,
@@ -133,6 +205,8 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
             guidance=guidance,
             reference_latents=reference_latents,
             reference_ids=reference_ids,
+            reference_strengths=reference_strengths,
+            reference_cache=reference_cache,
         )
 
     @torch.no_grad()
@@ -140,10 +214,10 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
         self,
         prompt: str | list[str] = "",
         reference_images: Sequence | None = None,
-        height: int = 512,
-        width: int = 512,
-        num_inference_steps: int = 28,
-        guidance_scale: float = 3.5,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         num_images_per_prompt: int = 1,
         output_type: str = "pil",
@@ -156,10 +230,15 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
         attention_blocks: Sequence[str] | None = None,
         attention_steps: tuple[int, int] | None = None,
         max_sequence_length: int | None = None,
+        reference_cache: bool = False,
+        reference_strengths: Sequence[float] | None = None,
     ) -> MosaicPipelineOutput:
         """Generate images containing every referenced subject.
 
         reference_images: 0–6 subject images (PIL images, arrays or file paths), one per subject.
+        height, width, num_inference_steps, guidance_scale: None (default) takes the model's
+        `native_settings` (its folder's `mosaic_defaults.json`; else FLUX.1-dev's 512×512, 28 steps,
+        guidance 3.5); reference_size None takes `native_reference_size(height, width)`.
         reference_crop_tolerance: `images.preprocess_reference`'s crop_tolerance; 0 (default) crops
         as the official inference, `images.TOLERANT_CROP` ignores a JPEG's noisy white background.
         guidance_scale is embedded guidance for guidance-distilled models (FLUX.1-dev) and
@@ -169,6 +248,11 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
         num_inference_steps (1–1000) are checked too, before any work. record_attention keeps, per reference, its
         (N_ref × N_tgt) map averaged over heads, `attention_blocks` (default: every double
         block) and `attention_steps` = [start, end) (default: all steps).
+        reference_cache: fast mode (docs/DESIGN.md §7, the authors' `kv_cache`): references attend
+        only to themselves, so their keys and values are computed at the first step and reused,
+        and later steps run text and target only. Faster with many references; not the group
+        mask the model was trained with. reference_strengths: one s_k ≥ 0 per reference (default
+        1): text and target queries weigh reference k's keys by s_k, 0 removes the reference.
         """
         # 1. Check inputs (references are decoded here so a bad upload fails before any work)
         if reference_images is not None and not isinstance(reference_images, (list, tuple)):
@@ -177,8 +261,14 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
             load_image(image, name=f"reference {i + 1}") for i, image in enumerate(reference_images or [])
         ]
         check_crop_tolerance(reference_crop_tolerance)
+        if not isinstance(reference_cache, bool):
+            raise TypeError(f"reference_cache must be True or False, got {reference_cache!r}")
+        reference_strengths = check_reference_strengths(reference_strengths, len(reference_images))
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        reference_size = reference_size or self.default_reference_size(height, width)
+        height, width, num_inference_steps, guidance_scale = self._native_unless_given(
+            height=height, width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale
+        )
+        reference_size = reference_size or self.native_reference_size(height, width)
         attention_steps = attention_steps or (0, num_inference_steps)
         # T5 pads every prompt to this length; FLUX's 512 is wasted on a tokenizer that stops earlier.
         # `is None`, not `or`: an explicit 0 is an error to report, not a request for the default.
@@ -252,6 +342,12 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
             blocks = list(attention_blocks) if attention_blocks else all_double_blocks(self.transformer)
             recorder = AttentionRecorder(self.transformer, blocks, attention_steps)
 
+        # Fast mode: one cache per conditioning (the reference stream sees the pooled prompt);
+        # queries are kept only when the probe will read them at later steps.
+        caches = {"cond": None, "uncond": None}
+        if reference_cache and reference_images:
+            caches = {"cond": ReferenceCache(keep_queries=recorder is not None), "uncond": ReferenceCache()}
+
         # 6. Denoising loop
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
@@ -264,15 +360,24 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
                     guidance=guidance,
                     reference_latents=reference_latents,
                     reference_ids=reference_ids,
+                    reference_strengths=reference_strengths,
                 )
-                recording = recorder.attached() if recorder is not None and recorder.wants(i) else nullcontext()
+                recording = recorder.attached(step=i) if recorder is not None and recorder.wants(i) else nullcontext()
                 with recording:  # only the conditional pass is recorded
                     flow = self._denoise(
-                        prompt_embeds=prompt_embeds, pooled_projections=pooled, text_ids=text_ids, **shared
+                        prompt_embeds=prompt_embeds,
+                        pooled_projections=pooled,
+                        text_ids=text_ids,
+                        reference_cache=caches["cond"],
+                        **shared,
                     )
                 if do_cfg:
                     uncond = self._denoise(
-                        prompt_embeds=neg_embeds, pooled_projections=neg_pooled, text_ids=neg_text_ids, **shared
+                        prompt_embeds=neg_embeds,
+                        pooled_projections=neg_pooled,
+                        text_ids=neg_text_ids,
+                        reference_cache=caches["uncond"],
+                        **shared,
                     )
                     flow = uncond + guidance_scale * (flow - uncond)
                 latents = self.scheduler.step(flow, t, latents, return_dict=False)[0]
@@ -296,4 +401,9 @@ class MosaicPipeline(MosaicLoraMixin, FluxPipeline):
         if recorder is not None:
             target_grid = (height // self.pixels_per_token, width // self.pixels_per_token)
             record = recorder.record(len(reference_images), ref_grid, target_grid, self.pixels_per_token)
+            record = replace(
+                record,
+                reference_cache=reference_cache,
+                reference_strengths=reference_strengths or (1.0,) * len(reference_images),
+            )
         return MosaicPipelineOutput(images=images, attention=record)

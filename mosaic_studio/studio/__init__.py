@@ -2,7 +2,8 @@
 
 Library code (no Gradio import):
   options      flags and environment variables of `python app.py`
-  quantization the pipeline for the app, with optional bitsandbytes quantization
+  quantization the pipeline for the app, optionally quantized
+               (torchao int8 on CPU or CUDA; bitsandbytes 8/4-bit on CUDA)
   references   uploads → checked reference images, the preprocessed preview
   generation   one generation: pipeline call, attention recording, PNGs with metadata
   metadata     prompt, seed and settings as PNG text chunks

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from mosaic_studio.annotator.records import UNKNOWN_CATEGORY, SampleRecord
 from mosaic_studio.annotator.store import ReviewStore
 from mosaic_studio.studio.canvas import REFERENCE, TARGET, Layout, compose, review_layout
 from mosaic_studio.studio.drawing import draw_pairs, nearest_pair
@@ -41,12 +42,33 @@ def open_sample(store_path: str | Path, sample_id: str) -> Opened:
     layout = review_layout([r.size for r in reference_images], target.size)
     images = {(REFERENCE, i): image for i, image in enumerate(reference_images)}
     base = compose(layout, {**images, (TARGET, 0): target})
-    categories = ", ".join(r.category for r in sample.references)
     caption = (
-        f"**{sample_id}** · “{sample.caption}” · {categories} · status {sample.status.value}, "
+        f"**{sample_id}** · “{sample.caption}” · {', '.join(sample.categories)} · status {sample.status.value}, "
         f"version {sample.version}{' · in the stratified sample' if sample.in_sample else ''}"
+        f"{missing_categories(sample)}"
     )
     return Opened(Draft.from_sample(sample), layout, base, caption)
+
+
+def missing_categories(sample: SampleRecord) -> str:
+    """A line asking for the categories nobody gave (empty when every reference has one)."""
+    missing = [str(r.index + 1) for r in sample.references if r.category == UNKNOWN_CATEGORY]
+    if not missing:
+        return ""
+    return (
+        f"\n\n⚠ No category was given for reference {', '.join(missing)}: its stratum says "
+        f"“{UNKNOWN_CATEGORY}”. Give one category per reference (Generate → Subject categories) "
+        "before sending samples to Annotate."
+    )
+
+
+def counts_line(draft: Draft) -> str:
+    """`17 pairs: 1 judged · 16 to judge · 0 added` (these add up), then the edits."""
+    c = draft.counts()
+    return (
+        f"{c['pairs']} pairs: {c['judged']} judged · {c['to judge']} to judge · {c['added']} added"
+        f" — {c['moved']} moved · {c['deleted']} deleted (judged wrong, off the canvas)"
+    )
 
 
 def render(opened: Opened) -> Image.Image:
@@ -57,7 +79,6 @@ def render(opened: Opened) -> Image.Image:
 def describe(opened: Opened, mode: str = SELECT_MODE) -> str:
     """The line under the canvas: the selected pair, the counts, what a click does now."""
     d = opened.draft
-    counts = " · ".join(f"{value} {name}" for name, value in d.counts().items())
     if d.pending is not None:
         selected = f"Adding a pair: reference {d.pending[0] + 1} point set; click its target on the generated image."
     elif d.selected is not None:
@@ -77,7 +98,7 @@ def describe(opened: Opened, mode: str = SELECT_MODE) -> str:
         else "Click a point to select its pair; click the generated image to move the selected pair's target "
         "(or its own reference to move the reference point)."
     )
-    return f"{opened.caption}\n\n{selected}\n\n{counts}\n\n_{hint}_"
+    return f"{opened.caption}\n\n{selected}\n\n{counts_line(d)}\n\n_{hint}_"
 
 
 def click(opened: Opened, mode: str, x: float, y: float) -> Opened:
@@ -142,7 +163,8 @@ def progress(store_path: str | Path, annotator: str) -> str:
         position = f"Sample **{done + 1} of {stats.samples}**"
     else:
         position = f"All **{stats.samples}** samples reviewed"
-    return (
-        f"{position} · {done} reviewed by {who} · stratified sample: {stats.sampled_reviewed} of "
-        f"{stats.in_sample} reviewed"
-    )
+    if stats.in_sample:
+        sample = f"stratified sample: {stats.sampled_reviewed} of {stats.in_sample} reviewed"
+    else:
+        sample = "no stratified sample drawn yet"
+    return f"{position} · {done} reviewed by {who} · {sample}"

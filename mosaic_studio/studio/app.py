@@ -15,6 +15,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from mosaic_studio import DEFAULT_MODEL_DIR
 from mosaic_studio.annotator.store import ReviewStore
 from mosaic_studio.studio import space  # noqa: F401  first: ZeroGPU wants `spaces` imported before anything touches CUDA
 from mosaic_studio.studio.access import Access
@@ -28,15 +29,26 @@ INTRO = """# MOSAIC Studio
 Multi-subject personalised generation with [MOSAIC](https://arxiv.org/abs/2509.01977): upload 1–6
 subject images, describe the scene, generate; then see where each reference point attends and
 review correspondence points."""
+# The reference preview shows every reference whole: gradio's gallery puts its label over the
+# top of the thumbnails and each caption over the bottom, and a fixed-height gallery cut them
+# off. Here: room for the label, captions under the images, as many rows as the count needs.
+STUDIO_CSS = """
+#reference-preview .grid-wrap { height: auto; min-height: 0; overflow: visible; padding-top: 2.25rem; }
+#reference-preview .grid-container { grid-template-columns: repeat(auto-fill, minmax(88px, 1fr)); }
+#reference-preview .thumbnail-item { aspect-ratio: auto; height: auto; display: flex; flex-direction: column; }
+#reference-preview .thumbnail-item > img { aspect-ratio: 1 / 1; height: auto; }
+#reference-preview .caption-label { position: static; max-width: none; border: 0; border-radius: 0; }
+"""
 
 
 class StudioBlocks(gr.Blocks):
-    """gr.Blocks whose launch limits uploads to limits.MAX_UPLOAD_BYTES unless told otherwise:
-    gradio takes max_file_size from launch() only, so however the studio is served (main, a
-    Space, tests) an oversized upload is refused while it streams in."""
+    """gr.Blocks whose launch limits uploads to limits.MAX_UPLOAD_BYTES and styles the page with
+    STUDIO_CSS unless told otherwise: gradio takes both from launch() only, so however the
+    studio is served (main, a Space, tests) an oversized upload is refused while it streams in,
+    and the page looks the same."""
 
-    def launch(self, *args, max_file_size: str | int | None = MAX_UPLOAD_BYTES, **kwargs):
-        return super().launch(*args, max_file_size=max_file_size, **kwargs)
+    def launch(self, *args, max_file_size: str | int | None = MAX_UPLOAD_BYTES, css: str | None = STUDIO_CSS, **kwargs):
+        return super().launch(*args, max_file_size=max_file_size, css=css, **kwargs)
 
 
 def build_demo(
@@ -63,6 +75,7 @@ def build_demo(
     outputs_dir = Path(outputs_dir or tempfile.mkdtemp(prefix="mosaic-studio-"))
     outputs_dir.mkdir(parents=True, exist_ok=True)
     model_info = model_info or {"model": str(getattr(pipe, "name_or_path", "") or "")}
+    print(loaded_line(pipe, model=model_info.get("model") or "?"), flush=True)  # the app's start-up line
     access = Access.of(admin=admin, annotators=annotators)
 
     with StudioBlocks(title="MOSAIC Studio") as demo:
@@ -92,10 +105,30 @@ def build_demo(
     return demo.queue(default_concurrency_limit=UI_CONCURRENCY, max_size=max_queue)
 
 
-def main(argv=None) -> None:
+def describe_model(model: str | Path) -> str:
+    """How the start-up line names `model`: the embedded default by that name, else as given."""
+    path = Path(model)
+    if path.is_dir() and path.resolve() == DEFAULT_MODEL_DIR.resolve():
+        return f"the embedded default ({DEFAULT_MODEL_DIR.name})"
+    return str(model)
+
+
+def loaded_line(pipe, *, model: str | Path) -> str:
+    """One line: which model and LoRA were loaded, on which device, and the model's settings."""
+    native = pipe.native_settings
+    loras = ", ".join(pipe.mosaic_lora_sources.values()) or "none"
+    return (
+        f"MOSAIC Studio: model {describe_model(model)}, LoRA {loras}, on {pipe._execution_device} "
+        f"({str(pipe.transformer.dtype).removeprefix('torch.')}); settings {native.width}×{native.height} px, "
+        f"references {native.reference_size} px, {native.num_inference_steps} steps, guidance {native.guidance_scale}"
+    )
+
+
+def build_studio(args) -> gr.Blocks:
+    """The studio `mosaic-studio` serves for parsed options `args`: loads the model and builds
+    the demo (which says in one line what was loaded, `loaded_line`)."""
     from mosaic_studio.studio.quantization import load_studio_pipeline
 
-    args = parse_args(argv)
     lora = None if args.lora == "none" else args.lora
     pipe = load_studio_pipeline(
         args.model,
@@ -106,7 +139,7 @@ def main(argv=None) -> None:
         cpu_offload=args.cpu_offload,
         quantize=args.quantize,
     )
-    demo = build_demo(
+    return build_demo(
         pipe,
         store=args.store,
         model_info={"model": args.model, "lora": args.lora},
@@ -114,4 +147,19 @@ def main(argv=None) -> None:
         admin=args.admin,
         annotators=args.annotators,
     )
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share)
+
+
+def serving_line(url: str, *, shared: bool) -> str:
+    """Where the studio is served (the port is given, so gradio serves there or fails). Without a
+    public link it names the app's own switch for one: gradio's hint would say `share=True` in
+    `launch()`, which an app user cannot set."""
+    public = "" if shared else " (a public link: --share or MOSAIC_SHARE=1)"
+    return f"MOSAIC Studio serving on {url}{public}"
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    demo = build_studio(args)
+    # quiet: gradio's own lines give way to serving_line (a public URL gradio still prints itself)
+    print(serving_line(f"http://{args.host}:{args.port}", shared=args.share), flush=True)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True)

@@ -2,7 +2,10 @@
 per-reference overview (each reference's aggregate attention in its own colour).
 
 Maps arrive on the target token grid (rows, cols); they are upsampled bilinearly to the image,
-normalised to [0, 1] and coloured with a matplotlib colormap.
+normalised to [0, 1] by the grid's own minimum and maximum (so the colour bar's ends are the
+map's lowest and highest token) and coloured with a matplotlib colormap. The colour bar speaks
+in multiples of uniform attention: a row of Eq. 8 sums to 1 over the N_tgt target tokens, so
+1/N_tgt per token is attention spread evenly, "1×".
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ CMAPS = ("inferno", "magma", "viridis", "plasma", "turbo", "jet", "hot")
 DEFAULT_CMAP = "inferno"
 REFERENCE_PALETTE = "tab10"  # distinct colours for up to 10 references
 MARK_RADIUS = 7  # pixels: the argmax and clicked-point markers
+MARK_HALO = 2  # pixels of white halo outside the ring
+BAR_STOPS = 11  # colours sampled along the colour bar's gradient
 LEGEND_HEIGHT = 22
 
 
@@ -23,11 +28,15 @@ def reference_colours(count: int) -> list[tuple[int, int, int]]:
     return [tuple(int(255 * c) for c in palette(i % palette.N)[:3]) for i in range(count)]
 
 
-def normalise(values: np.ndarray) -> np.ndarray:
-    """Min-max to [0, 1]; a constant map becomes zeros."""
+def normalise(values: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
+    """(values − low) / (high − low) clipped to [0, 1], low and high defaulting to the values'
+    minimum and maximum; a constant map becomes zeros."""
     values = np.asarray(values, dtype=np.float32)
-    span = float(values.max() - values.min())
-    return (values - values.min()) / span if span > 0 else np.zeros_like(values)
+    low = float(values.min()) if low is None else float(low)
+    high = float(values.max()) if high is None else float(high)
+    if high - low <= 0:
+        return np.zeros_like(values)
+    return np.clip((values - low) / (high - low), 0.0, 1.0)
 
 
 def upsample(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -51,15 +60,33 @@ def blend(image: Image.Image, colour: np.ndarray, alpha: np.ndarray | float) -> 
     return Image.fromarray((base * (1 - alpha) + colour.astype(np.float32) * alpha).round().astype(np.uint8))
 
 
+def ring_centre(xy: tuple[float, float], size: tuple[int, int], radius: int = MARK_RADIUS) -> tuple[float, float]:
+    """Where to centre a ring of `radius` (plus its halo) for point `xy` so that it lies wholly
+    inside an image of `size` (w, h): `xy` itself, moved inwards only as far as an edge needs
+    (at most radius + halo pixels, so the point stays within the halo; a token centre, 8 pixels
+    from the edge, moves two pixels at most). Centred on an image too small for the ring."""
+    reach = radius + MARK_HALO
+
+    def clamp(value: float, side: int) -> float:
+        low, high = reach, side - 1 - reach
+        return (side - 1) / 2 if low > high else min(max(float(value), low), high)
+
+    return (clamp(xy[0], size[0]), clamp(xy[1], size[1]))
+
+
 def mark(image: Image.Image, xy: tuple[float, float], colour=(0, 255, 255), radius: int = MARK_RADIUS) -> Image.Image:
-    """A ring with a white halo and a cross at `xy` (pixels), on a copy."""
+    """A ring with a white halo, kept inside the image (`ring_centre`), and a cross at exactly
+    `xy` (pixels), on a copy."""
     image = image.copy()
     draw = ImageDraw.Draw(image)
-    x, y = xy
-    draw.ellipse((x - radius - 2, y - radius - 2, x + radius + 2, y + radius + 2), outline=(255, 255, 255), width=2)
-    draw.ellipse((x - radius, y - radius, x + radius, y + radius), outline=colour, width=2)
+    x, y = xy  # the cross marks the point itself, even where the ring had to move; drawn first,
+    # so a moved ring stays whole on top of it
     draw.line((x - radius, y, x + radius, y), fill=colour, width=1)
     draw.line((x, y - radius, x, y + radius), fill=colour, width=1)
+    cx, cy = ring_centre(xy, image.size, radius)
+    reach = radius + MARK_HALO
+    draw.ellipse((cx - reach, cy - reach, cx + reach, cy + reach), outline=(255, 255, 255), width=MARK_HALO)
+    draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), outline=colour, width=2)
     return image
 
 
@@ -73,10 +100,11 @@ def token_centre(index: int, grid: tuple[int, int], image_size: tuple[int, int])
 def heatmap_overlay(
     image: Image.Image, grid: np.ndarray, cmap: str = DEFAULT_CMAP, opacity: float = 0.6
 ) -> tuple[Image.Image, int]:
-    """`image` with the (rows, cols) map coloured over it, its argmax marked.
+    """`image` with the (rows, cols) map coloured over it, its argmax marked. Colours run from
+    the grid's lowest token (colormap 0) to its highest (colormap 1), as on `colour_bar_html`.
     Returns the picture and the argmax token index."""
     grid = np.asarray(grid, dtype=np.float32)
-    heat = colorize(normalise(upsample(grid, image.size)), cmap)
+    heat = colorize(normalise(upsample(grid, image.size), float(grid.min()), float(grid.max())), cmap)
     argmax = int(grid.argmax())
     picture = blend(image, heat, float(np.clip(opacity, 0.0, 1.0)))
     return mark(picture, token_centre(argmax, grid.shape, image.size)), argmax
@@ -122,3 +150,47 @@ def with_legend(image: Image.Image, labels: list[str]) -> Image.Image:
         draw.text((x + 16, y), label, fill=(0, 0, 0))
         x += width
     return canvas
+
+
+def times(multiple: float) -> str:
+    """A multiple of uniform attention for people: 12×, 2.4×, 0.35×."""
+    multiple = float(multiple)
+    if multiple >= 10:
+        return f"{multiple:.0f}×"
+    return f"{multiple:.1f}×" if multiple >= 1 else f"{multiple:.2f}×"
+
+
+def bar_stops(cmap: str = DEFAULT_CMAP, count: int = BAR_STOPS) -> list[tuple[float, tuple[int, int, int]]]:
+    """(position in [0, 1], colour) pairs along the colormap, as `colorize` colours them."""
+    positions = np.linspace(0.0, 1.0, count)
+    colours = colorize(positions[None, :], cmap)[0]
+    return [(float(p), tuple(int(c) for c in colour)) for p, colour in zip(positions, colours)]
+
+
+def even_position(low: float, high: float) -> float:
+    """Where 1× (attention spread evenly) lies on a bar from `low` to `high`, in [0, 1]."""
+    return 0.0 if high - low <= 0 else float(np.clip((1.0 - low) / (high - low), 0.0, 1.0))
+
+
+def colour_bar_html(cmap: str, low: float, high: float) -> str:
+    """The heatmap's colour bar: the colormap from `low` to `high`, both multiples of uniform
+    attention (the map's lowest and highest token), with 1× (spread evenly) marked."""
+    gradient = ", ".join(f"rgb{colour} {100 * p:.1f}%" for p, colour in bar_stops(cmap))
+    at = 100 * even_position(low, high)
+    # the label's arrow sits on the tick: the label runs rightwards from it on the bar's left half,
+    # leftwards on its right half, so it never leaves the bar
+    label, shift = ("▲ 1× = spread evenly", 0) if at < 50 else ("1× = spread evenly ▲", 100)
+    return (
+        '<div class="colour-bar" style="font-size: 0.85em; line-height: 1.4">'
+        '<div style="display: flex; justify-content: space-between">'
+        f'<span class="colour-bar-low">low: {times(low)}</span>'
+        f'<span class="colour-bar-high">high: {times(high)}</span></div>'
+        '<div style="position: relative; height: 14px; border-radius: 3px; '
+        f'background: linear-gradient(to right, {gradient})">'
+        f'<div style="position: absolute; left: {at:.1f}%; top: -3px; bottom: -3px; width: 2px; '
+        'margin-left: -1px; background: #fff; box-shadow: 0 0 0 1px #000"></div></div>'
+        f'<div style="position: relative; height: 1.4em"><span class="colour-bar-even" style="position: absolute; '
+        f'left: {at:.1f}%; transform: translateX(-{shift}%); white-space: nowrap">{label}</span></div>'
+        "<div>Colour: attention of the clicked token as a multiple of an even spread over the image "
+        "(1× = every target token gets the same share).</div></div>"
+    )

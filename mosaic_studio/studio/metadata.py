@@ -2,6 +2,11 @@
 
 Two chunks: "parameters", one human-readable line (the key image viewers and other generation
 tools show), and "mosaic", the same settings as JSON for `read_settings`.
+
+Among the settings (`studio.generation`), two change what the model computes and are always
+written, so an image can be regenerated as it was made (docs/DESIGN.md §7):
+`reference_cache` (fast mode, true/false) and `reference_strengths` (one s_k per reference, in
+reference order). A PNG written before they existed was made with false and all 1.
 """
 
 from __future__ import annotations

@@ -131,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantize",
         type=_quantize,
         metavar="{" + ",".join(QUANTIZE_CHOICES) + "}",
-        help="bitsandbytes quantization of the transformer and T5 (needs `pip install bitsandbytes` and a GPU; "
-        "memory: README) [MOSAIC_QUANTIZE]",
+        help="weight quantization of the transformer and T5: int8 (torchao, CPU or GPU), 8bit or 4bit "
+        "(bitsandbytes: `pip install bitsandbytes` and a CUDA GPU); memory: README [MOSAIC_QUANTIZE]",
     )
     add(
         "--host",

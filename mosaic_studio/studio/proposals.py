@@ -17,6 +17,11 @@ training export reads it from any current directory. Target: the generated image
 the preprocessed references the model saw; caption: the prompt; the proposed points as the
 correspondences (meta["point_info"]: source and confidence).
 
+Categories: the store (its strata) gets each user's tag as the family it names ("cat" → animal,
+"man" → human), the tag itself when it names none, and "unknown" when it is blank, so a missing
+category is visible rather than counted as an object. The folder's format allows only the three
+families, so there a tag of no known family is an object with the tag as its label.
+
 Subject masks (`subject_masks`): the target tokens each reference's attention claims. A
 reference's heat over the target is the mean attention row of its subject tokens; each target
 token goes to the reference of highest heat, except that a token holding a proposed point goes
@@ -31,6 +36,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +45,9 @@ from PIL import Image
 
 from mosaic_studio.annotator.imports import record_from_sample
 from mosaic_studio.annotator.propose import POINT_INFO
-from mosaic_studio.annotator.records import PointRecord, SampleRecord
+from mosaic_studio.annotator.records import UNKNOWN_CATEGORY, PointRecord, SampleRecord
 from mosaic_studio.mosaic.data.semalign import CATEGORIES, DEFAULT_TOKEN_SIZE, Reference, Sample, save_sample
 from mosaic_studio.mosaic.images import BBOX_TOLERANCE
-from mosaic_studio.studio.references import DEFAULT_CATEGORY
 from mosaic_studio.studio.session import Generation
 
 SOURCE = "attention"  # the `source` of a proposed point in the store
@@ -211,10 +216,54 @@ def subject_masks(
     return [mine.reshape(rows, cols)[pixel_rows][:, pixel_cols] for mine in tokens]
 
 
-def _category(tag: str) -> tuple[str, str]:
-    """(SemAlign-MS category, label) of a user's tag: a tag that is no SemAlign-MS category
-    (which allows only human / animal / object) is kept as the finer label."""
-    return (tag, "") if tag in CATEGORIES else (DEFAULT_CATEGORY, tag)
+# Words for the two families a tag must be recognised as: any other subject is an object. A tag
+# outside these lists keeps its own stratum (it is not guessed into "object"), and the sample
+# folder, whose format requires a family, gets "object" with the tag as its label.
+HUMAN_WORDS = frozenset(
+    "human person people man men woman women boy girl child children kid baby lady guy player".split()
+)
+ANIMAL_WORDS = frozenset(
+    "animal cat kitten dog puppy bird horse cow sheep goat pig rabbit bear lion tiger elephant "
+    "monkey mouse deer fox wolf panda duck owl parrot fish quadruped".split()
+)
+FALLBACK_FAMILY = "object"  # the folder's family of a subject not known to be human or animal
+
+
+def _tag(text: str) -> str:
+    return " ".join((text or "").split()).lower()
+
+
+def family(tag: str) -> str | None:
+    """The SemAlign-MS family (human / animal / object) a category tag names, or None when the
+    tag is none of them and no word of the lists above (a plural "s" aside)."""
+    tag = _tag(tag)
+    if tag in CATEGORIES:
+        return tag
+    for word in (tag, tag[:-1] if tag.endswith("s") else tag):
+        if word in HUMAN_WORDS:
+            return "human"
+        if word in ANIMAL_WORDS:
+            return "animal"
+    return None
+
+
+def store_category(tag: str) -> str:
+    """The review store's category (its strata) of a user's tag: the family it names, the tag
+    itself when it names none, UNKNOWN_CATEGORY when it is blank."""
+    tag = _tag(tag)
+    if not tag or tag == UNKNOWN_CATEGORY:
+        return UNKNOWN_CATEGORY
+    return family(tag) or tag
+
+
+def folder_category(tag: str) -> tuple[str, str]:
+    """(SemAlign-MS category, label) of a user's tag in the sample folder, which allows only the
+    families: the family, with the tag as the finer label when it is more than the family."""
+    tag = _tag(tag)
+    if not tag or tag == UNKNOWN_CATEGORY:
+        return (FALLBACK_FAMILY, "")  # the store marks it unknown; the folder format needs a family
+    named = family(tag)
+    return (tag, "") if named == tag else (named or FALLBACK_FAMILY, tag)
 
 
 def _json_safe(value):
@@ -259,7 +308,7 @@ def review_item(
                 mask,
                 [p.ref_xy for p in mine],
                 [p.target_xy for p in mine],
-                *_category(tag),
+                *folder_category(tag),
             )
         )
         info.append({"source": [p.source for p in mine], "confidence": [p.confidence for p in mine]})
@@ -273,4 +322,10 @@ def review_item(
     }
     sample = Sample(sample_id, np.asarray(target), generation.settings.get("prompt", ""), references, True, meta)
     folder = save_sample(sample, Path(store_dir) / ITEMS_FOLDER / sample_id, DEFAULT_TOKEN_SIZE)
-    return record_from_sample(sample, folder, SOURCE, root=store_dir)
+    record = record_from_sample(sample, folder, SOURCE, root=store_dir)
+    # The store's strata get the user's categories (store_category), not the folder's families:
+    # a blank one is "unknown" rather than "object".
+    references = tuple(
+        replace(ref, category=store_category(tag)) for ref, tag in zip(record.references, generation.categories)
+    )
+    return replace(record, references=references)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 from PIL import Image
 
+from mosaic_studio.annotator.records import UNKNOWN_CATEGORY
 from mosaic_studio.mosaic.images import MAX_IMAGE_PIXELS, REFERENCE_CROP_TOLERANCE, load_image, preprocess_reference
 from mosaic_studio.mosaic.pipeline import MAX_REFERENCES
 from mosaic_studio.studio.background import remove_background
 from mosaic_studio.studio.limits import MAX_REQUEST_PIXELS, MAX_UPLOAD_BYTES, MAX_UPLOAD_MB
 
 PREVIEW_SIZE = 256  # pixels: the preview shows the crop and padding, not the model's resolution
-DEFAULT_CATEGORY = "object"  # stratum tag of a subject whose category the user did not give
 
 
 def upload_paths(files) -> list[str]:
@@ -112,9 +112,10 @@ def preview(
 
 
 def parse_categories(text: str | None, count: int) -> list[str]:
-    """Comma-separated category tags, one per reference; missing ones are DEFAULT_CATEGORY."""
+    """Comma-separated category tags, one per reference; missing ones are UNKNOWN_CATEGORY (the
+    Annotate tab then asks for them), never a guess that would put them in the wrong stratum."""
     given = [part.strip() for part in (text or "").split(",")]
     given = [tag for tag in given if tag]
     if len(given) > count:
         raise ValueError(f"{len(given)} categories given for {count} references: {', '.join(given)}")
-    return given + [DEFAULT_CATEGORY] * (count - len(given))
+    return given + [UNKNOWN_CATEGORY] * (count - len(given))

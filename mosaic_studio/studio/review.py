@@ -78,15 +78,26 @@ class Draft:
         return [i + 1 for i, p in enumerate(self.pairs) if not p.added and p.verdict is None]
 
     def counts(self) -> dict[str, int]:
+        """The pairs on the canvas and what is left to do. The first three add up to "pairs":
+        every live pair is judged, still to judge, or added in this review (added pairs are not
+        judged). "deleted" counts the proposed pairs removed in this review, off the canvas and
+        so outside "pairs"; each is judged wrong where it was shown, which the save records."""
         live = [p for p in self.pairs if not p.deleted]
         return {
             "pairs": len(live),
-            "judged": sum(p.verdict is not None for p in self.pairs if not p.added),
+            "judged": sum(not p.added and p.verdict is not None for p in live),
             "to judge": len(self.unjudged()),
-            "moved": sum(p.moved and not p.deleted for p in self.pairs),
-            "deleted": sum(p.deleted and not p.added for p in self.pairs),
             "added": sum(p.added for p in live),
+            "moved": sum(p.moved for p in live),
+            "deleted": sum(p.deleted and not p.added for p in self.pairs),
         }
+
+    def next_unjudged(self, after: int | None) -> int | None:
+        """The first pair needing a verdict after pair `after` (wrapping round), or None."""
+        waiting = self.unjudged()
+        if not waiting:
+            return None
+        return next((number for number in waiting if after is None or number > after), waiting[0])
 
     # --- actions: each returns a new draft ---
 
@@ -136,7 +147,11 @@ class Draft:
         number = self._selected()
         if self.pair(number).added:
             raise ValueError(f"pair {number} was added in this review; only proposed points are judged")
-        return self._then(pairs=self._set(number, verdict=verdict))
+        judged = replace(self, pairs=self._set(number, verdict=verdict))
+        # On to the next pair needing a verdict, as review tools do; once none is left the judged
+        # pair stays selected. One undo step puts back the verdict and the selection together.
+        following = judged.next_unjudged(number)
+        return self._then(pairs=judged.pairs, selected=number if following is None else following, pending=None)
 
     def judge_remaining(self, verdict: str) -> Draft:
         if verdict not in VERDICTS:

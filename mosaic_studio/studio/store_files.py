@@ -11,6 +11,14 @@ from mosaic_studio.annotator.store import resolve_stored
 from mosaic_studio.mosaic.images import load_image
 
 
+def display_path(path: str | Path) -> str:
+    """`path` as the page shows it: resolved, with the home folder as "~" (the app's folders
+    live under it; the account's name is not the page's business)."""
+    path = Path(path).resolve()
+    home = Path.home().resolve()
+    return f"~/{path.relative_to(home).as_posix()}" if path.is_relative_to(home) else path.as_posix()
+
+
 def store_folder(store_path: str | Path) -> Path:
     return Path(store_path).resolve().parent
 

@@ -7,6 +7,8 @@ FLUX.1-dev command.
 import argparse
 import sys
 
+from accelerate import PartialState
+
 from mosaic_studio.train.config import ConfigError, load_config
 from mosaic_studio.train.trainer import NonFiniteLoss, train
 
@@ -29,7 +31,9 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as error:  # a bad value or key, an unreadable --config file
         parser.error(str(error))
     try:
-        print(f"exported: {train(config)}")
+        exported = train(config)
+        if PartialState().is_main_process:  # under `accelerate launch` every process returns here
+            print(f"exported: {exported}")
     except ConfigError as error:  # refused against the model or the run being resumed, before writing
         parser.error(str(error))
     except NonFiniteLoss as error:

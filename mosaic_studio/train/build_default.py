@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 from mosaic_studio import DEFAULT_MODEL_DIR
+from mosaic_studio.evaluation.evaluate import Settings as EvaluatedAt
 from mosaic_studio.files import replace_dir_copy
+from mosaic_studio.mosaic.native import NativeSettings, write_native_settings
 from mosaic_studio.mosaic.tiny import BUILD_INFO, TinyFluxConfig, build_tiny_pipeline
 from mosaic_studio.train.config import CONFIGS_DIR, STAGES, load_config
 from mosaic_studio.train.trainer import train
@@ -85,7 +87,24 @@ def main(argv=None) -> None:
             return
     replace_dir_copy(pretrained, Path(args.out))
     write_build_info(Path(args.out), args.seed, timings)
+    write_default_settings(Path(args.out), config)
     print(f"default model written to {args.out}; wall minutes per stage: {timings}")
+
+
+def write_default_settings(out: Path, lora_config) -> None:
+    """The default's native settings: the LoRA stage's sizes, and the steps and guidance the
+    benchmark evaluates it at (evaluation.evaluate.Settings), so the app and the library
+    generate as the reported numbers were measured."""
+    evaluated = EvaluatedAt()
+    size, ref_size = lora_config.data.target_size, lora_config.data.ref_size
+    native = NativeSettings(
+        height=size,
+        width=size,
+        reference_size=ref_size,
+        num_inference_steps=evaluated.steps,
+        guidance_scale=evaluated.guidance,
+    )
+    write_native_settings(out, native)
 
 
 def write_build_info(out: Path, seed: int, timings: dict) -> None:

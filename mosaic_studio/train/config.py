@@ -132,6 +132,12 @@ class DataConfig(_Section):
     # MOSAIC only reference tokens carry the LoRA, so the target copies from references with base
     # weights: FLUX learnt that in-context prior in pretraining; a tiny base learns it here. 0 = text only.
     reference_batches: float = 0.0
+    # A SemAlign-MS folder of multi-subject samples composed from single-subject ones
+    # (`python -m mosaic_studio.annotator compose`), mixed into the batches that carry references:
+    # on single-subject data (the authors' release, a user's own photos) MDL has no second
+    # reference to contrast and is always zero. "" = none.
+    composed: str = ""
+    composed_fraction: float = 0.0  # share of the reference-carrying batches drawn from data.composed
 
     def check(self) -> None:
         _check_nonempty(self.key("source"), self.source)
@@ -148,6 +154,18 @@ class DataConfig(_Section):
         _check_range(self.key("caption_drop"), self.caption_drop, 0, 1)
         _check_range(self.key("reference_drop"), self.reference_drop, 0, 1)
         _check_range(self.key("reference_batches"), self.reference_batches, 0, 1)
+        _check_range(self.key("composed_fraction"), self.composed_fraction, 0, 1)
+        # The two go together: one without the other would leave the composed samples silently unused.
+        if self.composed and self.composed_fraction == 0:
+            raise ConfigError(
+                f"data.composed is set ({self.composed!r}), so data.composed_fraction must be > 0 "
+                "(the share of reference-carrying batches drawn from it), got 0"
+            )
+        if self.composed_fraction > 0 and not self.composed:
+            raise ConfigError(
+                f"data.composed_fraction is {self.composed_fraction}, so data.composed must be a folder of "
+                "composed samples (annotator compose), got ''"
+            )
 
 
 @dataclass

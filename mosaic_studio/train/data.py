@@ -1,4 +1,5 @@
-"""Training batches from SemAlign-MS samples: the synthetic world or a dataset folder.
+"""Training batches from SemAlign-MS samples: the synthetic world or a dataset folder, optionally
+mixed with a folder of composed multi-subject samples (data.composed, data.composed_fraction).
 
 Batch `step` of a run is a pure function of (data seed, step, process rank), so a resumed run
 sees exactly the batches an uninterrupted run would. All samples of a batch have the same
@@ -46,6 +47,7 @@ class Batch:
     tgt_index: torch.Tensor | None = None
     ref_index: torch.Tensor | None = None
     valid: torch.Tensor | None = None
+    sample_ids: list[str] | None = None  # the samples this batch (one process's shard) holds, in order
 
     @property
     def num_refs(self) -> int:
@@ -117,19 +119,35 @@ class BatchSource:
         self.config, self.batch_size, self.token_size = config, batch_size, token_size
         self.with_references, self.points, self.reference_batches = with_references, points, reference_batches
         self.folder = None if config.source == "synthetic" else FolderSamples(config)
+        self.composed = FolderSamples(config, key="composed") if config.composed else None
 
     def batch(self, step: int, rank: int = 0, world_size: int = 1) -> Batch:
+        """Shard `rank` of `world_size` of step `step`'s global batch: the synthetic world's scenes
+        (step·world_size + rank)·batch_size onwards, so shards never overlap (a dataset folder is
+        drawn from at random, with replacement, by each shard's own stream). The trainer numbers
+        its shards process_index × gradient accumulation + micro-batch, so a run's global batches
+        depend on the number of shards, not on how they are spread over processes."""
         rng = np.random.default_rng([_BATCH_SALT, self.config.seed, step, rank])
         num_refs = int(rng.integers(self.config.min_subjects, self.config.max_subjects + 1))
         carries = self.with_references and (self.reference_batches >= 1 or rng.random() < self.reference_batches)
+        # data.composed_fraction: one more draw per batch, only when data.composed is set, so runs
+        # without composed samples see exactly the batches they always saw.
+        composed = carries and self.composed is not None and rng.random() < self.config.composed_fraction
         first = (step * world_size + rank) * self.batch_size
-        samples = [self._sample(first + j, num_refs if carries else None, rng) for j in range(self.batch_size)]
+        samples = [
+            self._sample(first + j, num_refs if carries else None, rng, composed) for j in range(self.batch_size)
+        ]
         captions = [("" if rng.random() < self.config.caption_drop else s.caption) for s in samples]
         keep_refs = carries and not rng.random() < self.config.reference_drop
-        return collate(samples, captions, self.points, self.token_size, rng, keep_refs)
+        batch = collate(samples, captions, self.points, self.token_size, rng, keep_refs)
+        batch.sample_ids = [s.sample_id for s in samples]
+        return batch
 
-    def _sample(self, index: int, count: int | None, rng: np.random.Generator) -> Sample:
-        """Sample `index` with exactly `count` subjects, or any number when None."""
+    def _sample(self, index: int, count: int | None, rng: np.random.Generator, composed: bool = False) -> Sample:
+        """Sample `index` with exactly `count` subjects, or any number when None; from
+        data.composed when `composed` (the reference count nearest to `count` it holds)."""
+        if composed:
+            return self.composed.sample(count, rng)
         if self.folder is not None:
             return self.folder.sample(count, rng)
         world = WorldConfig(
@@ -145,16 +163,19 @@ class BatchSource:
 class FolderSamples:
     """A SemAlign-MS dataset folder, bucketed by reference count and resized to the run's sizes."""
 
-    def __init__(self, config: DataConfig):
+    def __init__(self, config: DataConfig, key: str = "source"):
+        """key: the config key naming the folder, data.source or data.composed."""
         self.config = config
-        if not Path(config.source).is_dir():
-            raise ConfigError(f"data.source {config.source!r} is neither 'synthetic' nor a dataset folder")
-        self.dataset = SemAlignDataset(config.source)
+        folder = getattr(config, key)
+        if not Path(folder).is_dir():
+            expected = "neither 'synthetic' nor a dataset folder" if key == "source" else "not a dataset folder"
+            raise ConfigError(f"data.{key} {folder!r} is {expected}")
+        self.dataset = SemAlignDataset(folder)
         self.buckets: dict[int, list[int]] = {}  # reference count → sample indices
         for index in range(len(self.dataset)):
             self.buckets.setdefault(self.dataset.num_references(index), []).append(index)
         if not self.buckets:
-            raise ConfigError(f"data.source: no samples found under {config.source!r}")
+            raise ConfigError(f"data.{key}: no samples found under {folder!r}")
 
     def sample(self, num_refs: int | None, rng: np.random.Generator) -> Sample:
         counts = sorted(self.buckets) if num_refs is None else [num_refs]

@@ -17,6 +17,7 @@ from mosaic_studio.mosaic.latents import encode_latents, encode_reference_pixels
 from mosaic_studio.mosaic.lora import reference_lora_config
 from mosaic_studio.mosaic.lora_io import DEFAULT_ADAPTER
 from mosaic_studio.mosaic.losses import mdl_loss_batch, scal_loss_batch
+from mosaic_studio.mosaic.native import write_trained_settings
 from mosaic_studio.mosaic.probe import AttentionProbe
 from mosaic_studio.mosaic.transformer import grid_position_ids, mosaic_forward
 from mosaic_studio.train.config import PROBE_SITES, TrainConfig
@@ -230,6 +231,10 @@ class LoraStage(BaseStage):
     def export(self, pipe, module, out_dir, source):
         copy_pipeline(self.config.model.pretrained, out_dir)
         pipe.save_mosaic_lora(out_dir, adapter_name=self.ADAPTER)
+        data, trained_from = self.config.data, self.config.model.pretrained  # the sizes it learnt at: its native ones
+        write_trained_settings(
+            out_dir, target_size=data.target_size, reference_size=data.ref_size, trained_from=trained_from
+        )
 
 
 STAGE_CLASSES = {"vae": VaeStage, "base": BaseStage, "lora": LoraStage}

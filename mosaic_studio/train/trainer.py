@@ -2,8 +2,17 @@
 
 The same command runs single-process on a CPU and under `accelerate launch` on many GPUs or
 nodes (DDP, FSDP or DeepSpeed from accelerate's own config). Exact resume: batches, noise and
-timesteps are pure functions of (seed, step, rank), and checkpoints hold the trainable weights,
+timesteps are pure functions of (seed, step, shard), and checkpoints hold the trainable weights,
 optimizer and LR scheduler, so a resumed run continues the uninterrupted loss trajectory.
+
+Shards: each step's global batch is num_processes × gradient_accumulation_steps shards of
+optim.batch_size samples (accelerate's `--gradient_accumulation_steps`, 1 by default). Process p
+trains shards p·A … p·A + A − 1, one micro-batch each; gradients are averaged over all shards
+(accelerate's DDP averages over processes, `accelerator.backward` divides by A). So 2 processes
+× 1 micro-batch train what 1 process × 2 micro-batches trains, to float rounding
+(tests/test_two_process.py). Logged values are means over every shard; only process 0 writes
+the log, config.json, checkpoints (accelerate adds each process's own RNG state file) and the
+exported pipeline.
 """
 
 from __future__ import annotations
@@ -11,15 +20,17 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, broadcast
 from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
@@ -39,6 +50,9 @@ SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine"}  # optim.sc
 _NOISE_SALT = 0x7E15E  # separates noise/timestep draws from the data streams
 LOSS_BINS = 10  # per-noise-level L_diff columns, as minRF's lossbin: bin i holds t in [i/10, (i+1)/10)
 LOSS_BIN_COLUMNS = tuple(f"loss_bin_{i}" for i in range(LOSS_BINS))
+# A folder: every process then writes rank-<i>.json there at the end of a run, naming the samples
+# of each of its shards per step and the (averaged) gradient norm: how sharding is checked.
+SHARD_LOG_ENV = "MOSAIC_TRAIN_SHARD_LOG"
 
 
 class NonFiniteLoss(RuntimeError):
@@ -48,11 +62,16 @@ class NonFiniteLoss(RuntimeError):
 class LossBins:
     """Per-sample L_diff summed by timestep bin on the device, over the steps since the last log
     row: no host sync per step. Its state travels in checkpoints, so a resumed run's first row
-    covers the same steps as an uninterrupted run's."""
+    covers the same steps as an uninterrupted run's.
 
-    def __init__(self, device, state: dict | None = None):
+    Each process sums its own samples; `total` adds them up over processes (a collective: every
+    process calls `state` and `row` at the same steps). A resumed run gives the stored totals to
+    process 0 only, so they are counted once."""
+
+    def __init__(self, device, state: dict | None = None, total=None):
         self.sums = torch.zeros(LOSS_BINS, device=device)
         self.counts = torch.zeros(LOSS_BINS, device=device)
+        self.total = total or (lambda tensor: tensor)
         if state:
             self.sums.copy_(torch.tensor(state["sums"]))
             self.counts.copy_(torch.tensor(state["counts"]))
@@ -63,7 +82,8 @@ class LossBins:
         self.counts.index_add_(0, index, torch.ones(len(index), device=self.sums.device))
 
     def state(self) -> dict:
-        return {"sums": self.sums.tolist(), "counts": self.counts.tolist()}  # host sync (checkpoints only)
+        """Totals over every process (host sync: log rows and checkpoints only)."""
+        return {"sums": self.total(self.sums).tolist(), "counts": self.total(self.counts).tolist()}
 
     def row(self) -> dict:
         """The bin columns of a log row, empty where no sample fell (host sync); starts a new interval."""
@@ -76,6 +96,18 @@ class LossBins:
 def _to_host(logs: dict) -> dict:
     """A step's logs (0-dim tensors on the device) as floats, in one host sync."""
     return dict(zip(logs, torch.stack(list(logs.values())).tolist())) if logs else {}
+
+
+def _mean_over_processes(accelerator: Accelerator, logs: dict) -> dict:
+    """A step's logs averaged over every process (a collective), as floats on the host."""
+    if not logs:
+        return {}
+    return dict(zip(logs, accelerator.reduce(torch.stack(list(logs.values())), reduction="mean").tolist()))
+
+
+def _mean_logs(per_micro_batch: list[dict]) -> dict:
+    """The mean of each log key over a step's micro-batches (their shards are the same size)."""
+    return {key: torch.stack([logs[key] for logs in per_micro_batch]).mean() for key in per_micro_batch[0]}
 
 
 class StageModel(torch.nn.Module):
@@ -168,6 +200,9 @@ def _save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int, 
     final = out / "checkpoints" / f"{CHECKPOINT_PREFIX}{step}"
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
     accelerator.save_state(str(partial))
+    # Every process writes into `partial` (its RNG state file; FSDP/DeepSpeed their shards), and
+    # save_state does not wait for them: rename only once all are done.
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (partial / "step.json").write_text(json.dumps({"step": step, **(extra or {})}))
         replace_dir(partial, final)  # a re-run of the same step swaps its older copy out whole
@@ -184,12 +219,18 @@ def train(config: TrainConfig) -> Path:
     if config.run.threads > 0:
         torch.set_num_threads(config.run.threads)
     kwargs = [DistributedDataParallelKwargs(find_unused_parameters=config.stage == "lora")]
-    accelerator = Accelerator(mixed_precision=config.optim.mixed_precision, kwargs_handlers=kwargs)
+    # The scheduler is stepped by hand, once per optimizer step: accelerate's own stepping advances
+    # it num_processes times per step (it assumes the step count was divided by the processes),
+    # which would run warmup and decay that many times too fast under `accelerate launch`.
+    accelerator = Accelerator(
+        mixed_precision=config.optim.mixed_precision, kwargs_handlers=kwargs, step_scheduler_with_optimizer=False
+    )
     if accelerator.device.type == "cuda":
         # cuDNN's attention backward crashed on FLUX.1-dev-shaped MOSAIC steps (torch 2.11, CUDA 13,
         # H200; docs/BENCHMARKS.md); flash and memory-efficient SDPA train them fine.
         torch.backends.cuda.enable_cudnn_sdp(False)
-    pipe = MosaicPipeline.from_pretrained(config.model.pretrained)
+    # a stage trains its own, seeded LoRA: a folder's bundled one is not its starting point
+    pipe = MosaicPipeline.from_pretrained(config.model.pretrained, load_bundled_lora=False)
     pipe.set_progress_bar_config(disable=True)
     for component in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.transformer):
         component.requires_grad_(False).eval()
@@ -240,13 +281,21 @@ def train(config: TrainConfig) -> Path:
     log_path = out / "log.csv"
     if accelerator.is_main_process:
         _truncate_log(log_path, start)  # rows written after the checkpoint we resume from
-    bins = LossBins(accelerator.device, resumed.get("loss_bins"))
+    # Stored totals go to process 0 alone, or a resumed row would count them once per process.
+    bins = LossBins(
+        accelerator.device,
+        resumed.get("loss_bins") if accelerator.is_main_process else None,
+        total=lambda tensor: accelerator.reduce(tensor, reduction="sum"),
+    )
     # Losses the host has not checked yet: finiteness is checked at log steps and before every
     # checkpoint, so a NaN trains on for at most log_every steps and never reaches a checkpoint.
     unchecked: list[tuple[int, torch.Tensor, dict]] = []
 
     def check_finite() -> None:
-        values = torch.stack([loss for _, loss, _ in unchecked]).tolist() if unchecked else []  # host sync
+        # Every process checks the mean over all processes (a NaN anywhere makes it NaN), so all of
+        # them stop together rather than leave the others waiting in the next all-reduce.
+        losses = torch.stack([loss for _, loss, _ in unchecked]) if unchecked else None
+        values = accelerator.reduce(losses, reduction="mean").tolist() if unchecked else []  # host sync
         for (bad_step, _, bad_logs), value in zip(unchecked, values):
             if not math.isfinite(value):
                 last = checkpoints(out)[-1].name if checkpoints(out) else "none yet"
@@ -261,27 +310,46 @@ def train(config: TrainConfig) -> Path:
     progress = tqdm(
         total=config.optim.max_steps, initial=start, desc=config.stage, disable=not accelerator.is_main_process
     )
-    for step in range(start, config.optim.max_steps):
-        batch = source.batch(step, accelerator.process_index, accelerator.num_processes)
-        generator = torch.Generator().manual_seed(_step_seed(config.data.seed, step, accelerator.process_index))
+    shard_log = ShardLog(accelerator)
+    num_shards = accelerator.num_processes * accelerator.gradient_accumulation_steps
+
+    def forward(step: int, shard: int):
+        """Loss and logs of one shard of step `step`'s global batch; its loss bins are added."""
+        batch = source.batch(step, shard, num_shards)
+        shard_log.add(step, shard, batch)
+        generator = torch.Generator().manual_seed(_step_seed(config.data.seed, step, shard))
         with accelerator.autocast():
             loss, logs = model(batch, generator, step)
         per_sample, t = logs.pop(PER_SAMPLE_LOSS, None), logs.pop(PER_SAMPLE_T, None)
         if per_sample is not None:
             bins.add(t, per_sample)
-        unchecked.append((step, loss.detach(), logs))
+        return loss, logs
+
+    for step in range(start, config.optim.max_steps):
         log_step = step % config.run.log_every == 0 or step == config.optim.max_steps - 1
-        if log_step:
-            check_finite()  # before backward: a NaN found here never updates the weights
-        accelerator.backward(loss)
+        losses, micro_logs = [], []
+        for micro, shard in enumerate(_shards(accelerator)):
+            last = micro == accelerator.gradient_accumulation_steps - 1
+            # Gradients are all-reduced once per step, by the last micro-batch's backward.
+            with nullcontext() if last else accelerator.no_sync(model):
+                loss, micro_log = forward(step, shard)
+                losses.append(loss.detach())  # the loss trained on, which the logs need not show
+                micro_logs.append(micro_log)
+                if last:
+                    logs = _mean_logs(micro_logs)
+                    unchecked.append((step, torch.stack(losses).mean(), logs))
+                    if log_step:
+                        check_finite()  # before the last backward: a NaN found here never updates the weights
+                accelerator.backward(loss)  # divided by gradient_accumulation_steps
         if accelerator.sync_gradients and config.optim.grad_clip > 0:
-            accelerator.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+            shard_log.grad_norm(step, accelerator.clip_grad_norm_(model.parameters(), config.optim.grad_clip))
         optimizer.step()
-        scheduler.step()
+        if not accelerator.optimizer_step_was_skipped:  # fp16's scaler skips steps with inf gradients
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         progress.update()
-        if log_step:  # the hot loop's only host sync besides check_finite: once per log_every steps
-            values, binned = _to_host(logs), bins.row()
+        if log_step:  # the hot loop's only host syncs besides check_finite: once per log_every steps
+            values, binned = _mean_over_processes(accelerator, logs), bins.row()
             progress.set_postfix(loss=f"{values['loss']:.4f}")
             if accelerator.is_main_process:
                 _append_log(
@@ -295,7 +363,9 @@ def train(config: TrainConfig) -> Path:
                     },
                 )
         done = step + 1
-        out_of_time = config.run.max_minutes > 0 and time.monotonic() - began > 60 * config.run.max_minutes
+        out_of_time = config.run.max_minutes > 0 and _agreed(
+            accelerator, time.monotonic() - began > 60 * config.run.max_minutes
+        )
         if done % config.run.checkpoint_every == 0 or done == config.optim.max_steps or out_of_time:
             check_finite()  # a checkpoint is never written after a non-finite step
             _save_checkpoint(accelerator, out, done, config.run.keep_checkpoints, {"loss_bins": bins.state()})
@@ -305,6 +375,7 @@ def train(config: TrainConfig) -> Path:
             )
             break
     progress.close()
+    shard_log.write()
 
     export_dir = out / "pipeline"
     if accelerator.is_main_process:
@@ -313,8 +384,49 @@ def train(config: TrainConfig) -> Path:
     return export_dir
 
 
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    return int(np.random.SeedSequence([_NOISE_SALT, seed, step, rank]).generate_state(1, np.uint64)[0] >> 1)
+def _step_seed(seed: int, step: int, shard: int) -> int:
+    return int(np.random.SeedSequence([_NOISE_SALT, seed, step, shard]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _shards(accelerator: Accelerator) -> range:
+    """This process's shards of every global batch, one per micro-batch (module docstring)."""
+    per_process = accelerator.gradient_accumulation_steps
+    return range(accelerator.process_index * per_process, (accelerator.process_index + 1) * per_process)
+
+
+def _agreed(accelerator: Accelerator, decision: bool) -> bool:
+    """Process 0's `decision`, on every process: clocks differ, and a process that stops alone
+    leaves the others waiting in the next all-reduce."""
+    flag = torch.tensor([float(decision)], device=accelerator.device)
+    return bool(broadcast(flag, from_process=0).item())
+
+
+class ShardLog:
+    """With SHARD_LOG_ENV set, what this process trained: per step, the sample ids of each of
+    its shards and the gradient norm after averaging; written as <folder>/rank-<i>.json."""
+
+    def __init__(self, accelerator: Accelerator):
+        folder = os.environ.get(SHARD_LOG_ENV, "")
+        self.path = Path(folder) / f"rank-{accelerator.process_index}.json" if folder else None
+        self.steps: dict[int, dict] = {}
+        self.header = {
+            "process_index": accelerator.process_index,
+            "num_processes": accelerator.num_processes,
+            "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
+        }
+
+    def add(self, step: int, shard: int, batch) -> None:
+        if self.path is not None:
+            self.steps.setdefault(step, {"step": step, "shards": {}})["shards"][str(shard)] = batch.sample_ids
+
+    def grad_norm(self, step: int, norm: torch.Tensor) -> None:
+        if self.path is not None:
+            self.steps[step]["grad_norm"] = float(norm)  # a host sync, in this debugging mode only
+
+    def write(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({**self.header, "steps": list(self.steps.values())}, indent=1))
 
 
 def _truncate_log(path: Path, start: int) -> None:

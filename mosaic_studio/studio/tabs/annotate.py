@@ -1,11 +1,31 @@
 """The Annotate tab: a queue from the review store (stratified sample first), references and
-the target side by side with numbered pairs, select / move / add / delete, per-point verdicts,
-undo, accept / reject, keyboard shortcuts, the report panel and export."""
+the target side by side with numbered pairs, select / move / add / delete, per-point verdicts
+(each moving on to the next unjudged pair), undo, accept / reject, keyboard shortcuts, the
+report panel and export.
+
+Clicks while a sample opens. "Load my queue" and accept / reject open a sample while the
+previous canvas is still shown. Two things lost a click made then: the progress overlay Gradio
+draws over every output of a pending event covered the canvas and swallowed the click, and the
+events ran side by side, each reading the opened sample (a gr.State) as it was when it started,
+the last to finish overwriting the others. So a click on pair 5 during an opening was lost, and
+the next click acted on the freshly opened draft (pair 1 selected). Now:
+
+- an opening shows its progress on the info line only (`show_progress_on`), so the canvas keeps
+  taking clicks;
+- every event that reads or writes the opened sample runs in one queue, one at a time, in the
+  order the browser sent them (ORDERED), so a click sent during an opening acts on its result;
+- clicks and draft buttons queue while one of them is pending (trigger_mode "multiple") instead
+  of being dropped; loading and saving stay "once" (a double press must not save the next
+  sample unseen);
+- each carries the caption shown with the canvas it was aimed at (`shown`): one aimed at a
+  sample that another has replaced since (accept opening the next) does nothing but say so,
+  rather than landing on the new sample.
+"""
 
 from __future__ import annotations
 
-import functools
 import json
+import secrets
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +42,8 @@ from mosaic_studio.studio import annotation
 from mosaic_studio.studio.access import DIRECT, Access
 from mosaic_studio.studio.annotation import MODES, SELECT_MODE, Opened
 from mosaic_studio.studio.limits import MAX_NAME_CHARS
-from mosaic_studio.studio.report import export_accepted, report_markdown
+from mosaic_studio.studio.report import archive, export_accepted, report_markdown
+from mosaic_studio.studio.store_files import display_path
 from mosaic_studio.studio.tabs.views import components, skipped, user_error
 
 SHORTCUTS = {
@@ -39,9 +60,9 @@ SHORTCUTS = {
 }
 SHORTCUTS_HELP = (
     "On the canvas a number's suffix is its verdict: **+** correct, **x** wrong, **?** unsure.\n\n"
-    "Keys (Annotate tab, outside text fields): **c** correct · **w** wrong · **u** unsure · "
-    "**n** / **p** next / previous pair · **d** or **Delete** delete · **z** or **Ctrl+Z** undo · "
-    "**Shift+A** accept · **Shift+R** reject"
+    "Keys (Annotate tab, outside text fields): **c** correct · **w** wrong · **u** unsure (each moves on "
+    "to the next pair to judge) · **n** / **p** next / previous pair without judging · **d** or **Delete** "
+    "delete · **z** or **Ctrl+Z** undo · **Shift+A** accept · **Shift+R** reject"
 )
 SHORTCUTS_JS = """() => {
   if (window.__mosaicShortcuts) return;
@@ -60,6 +81,10 @@ SHORTCUTS_JS = """() => {
     button.click();
   });
 }""".replace("__SHORTCUTS__", json.dumps(SHORTCUTS))
+EVENTS = "annotate"  # the concurrency group of the events on the opened sample (module docstring)
+ORDERED = {"concurrency_id": EVENTS, "concurrency_limit": 1}  # one at a time, first sent first
+DRAW_HINT_ADMIN = "Press **Draw the stratified sample** below."
+DRAW_HINT_OTHERS = "An admin draws it (the app started with `--admin`: Study setup)."
 
 
 class DraftView(NamedTuple):
@@ -85,16 +110,32 @@ def _view(opened, mode) -> DraftView:
     return DraftView(opened=opened, canvas=annotation.render(opened), info=annotation.describe(opened, mode))
 
 
+def _moved_on(opened: Opened | None, shown: str | None, act: str = "click") -> str | None:
+    """Why an event aimed at the canvas shown with caption `shown` must not act on `opened`
+    (another sample opened since it was sent), or None. shown None: an API call, which sees no
+    canvas. act: what the user did ("click", "press"), for the message."""
+    if shown is None or opened is None or shown.startswith(f"**{opened.draft.sample_id}**"):
+        return None
+    return (
+        f"sample {opened.draft.sample_id} opened meanwhile: that {act} was meant for the sample "
+        f"shown before, so nothing changed; {act} again"
+    )
+
+
 def _soft(action):
     """Run a draft action; a ValueError (a click that does nothing, nothing to undo) becomes a
-    warning toast and leaves everything as it was."""
+    warning toast and leaves everything as it was, as does an action aimed at another sample."""
 
-    def run(opened, mode, *args):
+    def run(opened, mode, shown=None):
         if opened is None:
             gr.Warning("open a sample first: enter your name and press 'Load my queue'")
             return skipped(DraftView)
+        stale = _moved_on(opened, shown)
+        if stale:
+            gr.Warning(stale)
+            return skipped(DraftView)
         try:
-            return _view(action(opened, *args), mode)
+            return _view(action(opened), mode)
         except ValueError as error:
             gr.Warning(str(error))
             return skipped(DraftView)
@@ -127,6 +168,7 @@ def build(admin: bool = True) -> SimpleNamespace:
             scale=2,
         )
     ui.progress = gr.Markdown(elem_id="ann-progress")
+    ui.location = gr.Markdown(elem_id="ann-location")  # where the store lives: set by `wire`
     ui.canvas = gr.Image(
         label="References (left) and generated image (right)",
         interactive=False,
@@ -150,12 +192,15 @@ def build(admin: bool = True) -> SimpleNamespace:
         ui.accept = gr.Button("Accept sample (Shift+A)", variant="primary", elem_id="ann-accept")
         ui.reject = gr.Button("Reject sample (Shift+R)", variant="stop", elem_id="ann-reject")
     gr.Markdown(SHORTCUTS_HELP)
-    with gr.Accordion("Report: error rate per stratum, agreement, export", open=False):
-        ui.sampled_only = gr.Checkbox(value=True, label="Stratified sample only (as the paper measures)")
+    with gr.Accordion("Report: error rate per stratum, agreement, export", open=False) as ui.report_box:
+        ui.sampled_only = gr.Checkbox(
+            value=True, label="Stratified sample only (as the paper measures; all reviews until one is drawn)"
+        )
         ui.refresh = gr.Button("Refresh report", size="sm", elem_id="ann-refresh")
         ui.report = gr.Markdown(elem_id="ann-report")
-        ui.export = gr.Button("Export accepted samples (JSON)", size="sm")
-        ui.export_file = gr.File(label="Export", interactive=False)
+        ui.draw = gr.Button("Draw the stratified sample", size="sm", visible=False, elem_id="ann-draw")
+        ui.export = gr.Button("Export accepted samples (JSON + images)", size="sm", elem_id="ann-export")
+        ui.export_file = gr.File(label="Export", interactive=False, file_count="multiple", elem_id="ann-export-file")
     with gr.Accordion("Study setup: draw the stratified sample", open=False, visible=admin):
         with gr.Row():
             ui.fraction = gr.Slider(0.01, 1.0, value=DEFAULT_FRACTION, step=0.01, label="Fraction of each stratum")
@@ -202,15 +247,19 @@ def on_open(store_path, annotator, sample_id):
         raise user_error(error) from error
 
 
-def on_save(store_path, decision, opened, annotator, mode, request=None, access: Access = DIRECT):
+def on_save(store_path, decision, opened, annotator, mode, request=None, access: Access = DIRECT, shown=None):
     """Accept / reject: save the review (or a visible error, store unchanged), open the next.
-    The name is checked first: who saves matters before what is saved."""
+    The name is checked first: who saves matters before what is saved. shown: the caption shown
+    when the button was pressed (None from the API); a save meant for another sample is refused."""
     try:
         annotator = access.name(annotator, request)
     except ValueError as error:
         raise user_error(error) from error
     if opened is None:
         raise gr.Error("open a sample first")
+    stale = _moved_on(opened, shown, act="press")
+    if stale:
+        raise gr.Error(stale)
     try:
         annotation.save(store_path, opened, annotator, decision)
     except (ValueError, VersionConflict) as error:
@@ -220,20 +269,47 @@ def on_save(store_path, decision, opened, annotator, mode, request=None, access:
     return open_view(store_path, sample_id=queue[0] if queue else None, annotator=annotator, mode=mode)
 
 
-def on_click(opened, mode, x, y):
-    return _soft(lambda o: annotation.click(o, mode, float(x), float(y)))(opened, mode)
+def on_click(opened, mode, x, y, shown=None):
+    """A click at canvas (x, y); shown as in `_moved_on`."""
+    return _soft(lambda o: annotation.click(o, mode, float(x), float(y)))(opened, mode, shown)
 
 
-def on_report(store_path, sampled_only):
+def on_report(store_path, sampled_only, access: Access = DIRECT) -> str:
+    hint = DRAW_HINT_ADMIN if access.admin else DRAW_HINT_OTHERS
     with ReviewStore(store_path) as store:
-        return report_markdown(store, bool(sampled_only))
+        return report_markdown(store, bool(sampled_only), draw_hint=hint)
 
 
-def on_export(store_path, outputs_dir):
+def draw_button(store_path, access: Access = DIRECT) -> dict:
+    """The report's 'Draw the stratified sample' button: shown to admins while none is drawn."""
     with ReviewStore(store_path) as store:
-        path, count = export_accepted(store, Path(outputs_dir) / f"accepted-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    gr.Info(f"exported {count} accepted sample(s)")
+        undrawn = store.stats().in_sample == 0
+    return gr.update(visible=access.admin and undrawn)
+
+
+def on_export(store_path, outputs_dir) -> str:
+    """Export the accepted samples into a new folder of `outputs_dir`; the path of its JSON."""
+    name = f"accepted-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"  # two in one second differ
+    try:
+        with ReviewStore(store_path) as store:
+            path, count = export_accepted(store, Path(outputs_dir) / name)
+    except ValueError as error:
+        raise user_error(error) from error
+    gr.Info(f"exported {count} accepted sample(s): {name}.zip holds accepted.json and the images it names")
     return str(path)
+
+
+def export_downloads(json_path: str) -> list[str]:
+    """What the page offers for an export: the archive of its folder (the JSON and its images,
+    paths relative to the JSON) and the JSON alone."""
+    return [str(archive(Path(json_path).parent)), json_path]
+
+
+def location_text(store_path, outputs_dir) -> str:
+    return (
+        f"Review store: `{display_path(store_path)}` (the samples sent from the Attention tab beside it) · "
+        f"exports go to `{display_path(outputs_dir)}`"
+    )
 
 
 def on_mark(store_path, fraction, seed, annotator, request=None, access: Access = DIRECT):
@@ -254,37 +330,46 @@ def wire(ui: SimpleNamespace, *, store_path: Path, outputs_dir: Path, access: Ac
     """access: the app's admin setting and annotator names (the handlers also get the
     gr.Request, whose username is the login under gradio auth)."""
     view, opened = components(DraftView, ui), components(OpenedView, ui)
+    # Set before the page is served: the tab says where its data lives from the first look.
+    ui.location.value = location_text(store_path, outputs_dir)
+    _wire_sample(ui, store_path=store_path, access=access, view=view, opened=opened)
+    _wire_report(ui, store_path=store_path, outputs_dir=outputs_dir, access=access)
 
-    def on_select(opened, mode, evt: gr.SelectData):
-        return on_click(opened, mode, *evt.index)
+
+def _wire_sample(ui, *, store_path: Path, access: Access, view: list, opened: list) -> None:
+    """The events on the opened sample, all in the EVENTS queue (module docstring)."""
+    quick = {**ORDERED, "trigger_mode": "multiple", "show_progress": "hidden"}
+    opening = {**ORDERED, "show_progress_on": [ui.info]}  # never over the canvas: it takes clicks meanwhile
+
+    def on_select(opened, mode, shown, evt: gr.SelectData):
+        return on_click(opened, mode, *evt.index, shown)
 
     def load(annotator, request: gr.Request):
         return on_load(store_path, annotator, request, access)
 
     def saver(decision):
-        def save(opened, annotator, mode, request: gr.Request):
-            return on_save(store_path, decision, opened, annotator, mode, request, access)
+        def save(opened, annotator, mode, shown=None, request: gr.Request = None):
+            return on_save(store_path, decision, opened, annotator, mode, request, access, shown=shown)
 
         return save
 
-    def mark(fraction, seed, annotator, request: gr.Request):
-        return on_mark(store_path, fraction, seed, annotator, request, access)
-
-    ui.load.click(load, ui.annotator, opened, api_name="annotate_load")
-    ui.annotator.submit(load, ui.annotator, opened, api_visibility="private")
+    ui.load.click(load, ui.annotator, opened, api_name="annotate_load", **opening)
+    ui.annotator.submit(load, ui.annotator, opened, api_visibility="private", **opening)
     ui.queue.input(
         lambda annotator, sample_id: on_open(store_path, annotator, sample_id),
         [ui.annotator, ui.queue],
         opened,
         api_name="annotate_open",
+        **opening,
     )
-    ui.canvas.select(on_select, [ui.opened, ui.mode], view, api_visibility="private", show_progress="hidden")
-    ui.api_click.click(on_click, [ui.opened, ui.mode, ui.api_x, ui.api_y], view, api_name="annotate_click")
+    ui.canvas.select(on_select, [ui.opened, ui.mode, ui.info], view, api_visibility="private", **quick)
+    ui.api_click.click(on_click, [ui.opened, ui.mode, ui.api_x, ui.api_y], view, api_name="annotate_click", **quick)
     ui.mode.input(
         lambda o, m: DraftView(opened=o, canvas=gr.skip(), info=annotation.describe(o, m) if o else ""),
         [ui.opened, ui.mode],
         view,
         api_name="annotate_mode",
+        **quick,
     )
     actions = {  # button: (api name, Draft method, its arguments)
         ui.prev: ("annotate_previous", "step", -1),
@@ -297,23 +382,40 @@ def wire(ui: SimpleNamespace, *, store_path: Path, outputs_dir: Path, access: Ac
         ui.undo: ("annotate_undo", "undo"),
     }
     for button, (name, method, *args) in actions.items():
-        button.click(_draft_action(method, *args), [ui.opened, ui.mode], view, api_name=name, show_progress="hidden")
+        button.click(_draft_action(method, *args), [ui.opened, ui.mode, ui.info], view, api_name=name, **quick)
     for button, decision in ((ui.accept, Decision.ACCEPTED.value), (ui.reject, Decision.REJECTED.value)):
         button.click(
             saver(decision),
-            [ui.opened, ui.annotator, ui.mode],
+            [ui.opened, ui.annotator, ui.mode, ui.info],
             opened,
             api_name=f"annotate_{decision}",
+            **opening,
         )
-    report = functools.partial(on_report, store_path)
-    ui.refresh.click(report, ui.sampled_only, ui.report, api_name="annotate_report")
-    ui.sampled_only.input(report, ui.sampled_only, ui.report, api_visibility="private")
+
+
+def _wire_report(ui, *, store_path: Path, outputs_dir: Path, access: Access) -> None:
+    """The report (shown when its panel opens, refreshed on demand), the draw button, export."""
+
+    def report(sampled_only):
+        return on_report(store_path, sampled_only, access)
+
+    def button():
+        return draw_button(store_path, access)
+
+    def mark(fraction, seed, annotator, request: gr.Request):
+        return on_mark(store_path, fraction, seed, annotator, request, access)
+
+    def show_report(event, **kwargs):
+        event(report, ui.sampled_only, ui.report, **kwargs).then(button, None, ui.draw, api_visibility="private")
+
+    show_report(ui.refresh.click, api_name="annotate_report")
+    show_report(ui.sampled_only.input, api_visibility="private")
+    show_report(ui.report_box.expand, api_visibility="private")
+    for trigger, name in ((ui.mark, "annotate_mark_sample"), (ui.draw, None)):
+        extra = {"api_name": name} if name else {"api_visibility": "private"}
+        trigger.click(mark, [ui.fraction, ui.sample_seed, ui.annotator], ui.progress, **extra).success(
+            report, ui.sampled_only, ui.report, api_visibility="private"
+        ).then(button, None, ui.draw, api_visibility="private")
     ui.export.click(
-        functools.partial(on_export, store_path, outputs_dir), None, ui.export_file, api_name="annotate_export"
-    )
-    ui.mark.click(
-        mark,
-        [ui.fraction, ui.sample_seed, ui.annotator],
-        ui.progress,
-        api_name="annotate_mark_sample",
+        lambda: export_downloads(on_export(store_path, outputs_dir)), None, ui.export_file, api_name="annotate_export"
     )

@@ -5,10 +5,13 @@ order (the API endpoints' order too)."""
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import NamedTuple
 
 import gradio as gr
+
+logger = logging.getLogger(__name__)
 
 # An absolute POSIX path of two or more parts (not the "1/2" of a ratio): the server's folders
 # (gradio's upload cache, the store's) are not the user's business, the file name is enough.
@@ -27,8 +30,12 @@ def public_message(message: str) -> str:
 
 
 def user_error(error: Exception) -> gr.Error:
-    """The gr.Error a user sees for `error`: its message, with no server path in it."""
-    return gr.Error(public_message(str(error)))
+    """The gr.Error a user sees for `error` (its message, with no server path in it), logged as
+    one line: the input is wrong, not the app, so no traceback is printed (gradio prints one
+    otherwise, chained to the cause)."""
+    message = public_message(str(error))
+    logger.warning("refused: %s", message.replace("\n", " "))
+    return gr.Error(message, print_exception=False)
 
 
 def skipped(view: type[NamedTuple]):
