@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -47,15 +48,16 @@ def replace_dir_copy(source: str | os.PathLike, destination: str | os.PathLike) 
     replace_dir(staging, destination)
 
 
-def write_file_atomic(path: Path, write: Callable[[IO[str]], None]) -> None:
-    """Write a text file through `write(file)` under a temporary name beside `path`, flush it
-    to disk, then rename it over `path`: a reader (or a kill at any moment) sees the old file
-    or the new one, never a truncated one. The temporary file is removed on failure."""
+@contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """An open file under a temporary name beside `path` (mode "w" text, "wb" bytes); on a clean
+    exit it is flushed to disk and renamed over `path`: a reader (or a kill at any moment) sees
+    the old file or the new one, never a truncated one. The temporary file is removed on failure."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            write(handle)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, _FILE_MODE)
@@ -63,3 +65,9 @@ def write_file_atomic(path: Path, write: Callable[[IO[str]], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_file_atomic(path: Path, write: Callable[[IO[str]], None]) -> None:
+    """Write a text file through `write(file)`, atomically (`atomic_file`)."""
+    with atomic_file(path) as handle:
+        write(handle)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from studio_fixtures import ARTIFACTS, free_target_point
-from test_app_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, click_image_pixel
+from test_app_browser import CHROMIUM, app_page, click_image_pixel
 
 from mosaic_studio import DEFAULT_MODEL_DIR
 from mosaic_studio.annotator.records import PointRecord, PointStatus, ReferenceRecord, SampleRecord
@@ -26,7 +26,6 @@ from mosaic_studio.mosaic.loading import load_pipeline
 from mosaic_studio.studio.annotation import open_sample
 from mosaic_studio.studio.app import build_demo
 from mosaic_studio.studio.canvas import REFERENCE, TARGET
-from mosaic_studio.studio.local_server import launched
 from mosaic_studio.studio.tabs import annotate
 
 pytestmark = pytest.mark.skipif(
@@ -74,15 +73,10 @@ def review_all(store_path: Path, sample_id: str, verdict: str = "correct") -> No
 @contextmanager
 def annotate_page(pipe, store_path: Path, outputs_dir: Path):
     """The app on `store_path` (admin: the draw button shows), its Annotate tab open in chromium."""
-    expect.set_options(timeout=TIMEOUT_MS)
     demo = build_demo(pipe, store=store_path, outputs_dir=outputs_dir, admin=True)
-    with launched(demo) as url, sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url)
+    with app_page(demo) as page:
         page.get_by_role("tab", name="Annotate").click()
         yield page
-        browser.close()
 
 
 def load_queue(page, name: str = "browser") -> None:

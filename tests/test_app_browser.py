@@ -7,6 +7,7 @@ Skips only when /usr/bin/chromium is absent (CI installs it: .ci/run).
 """
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,18 @@ if CHROMIUM.exists():  # with chromium present a missing playwright package is a
     from playwright import sync_api
 
 
+@contextmanager
+def app_page(demo):
+    """`demo` served on a free local port and open in headless chromium: the page, closed after."""
+    sync_api.expect.set_options(timeout=TIMEOUT_MS)
+    with launched(demo) as url, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        yield page
+        browser.close()
+
+
 def _image_point(img, x: float, y: float) -> tuple[float, float]:
     """Viewport position of natural pixel (x, y) of `img`, as Gradio maps clicks back
     (object-fit: contain, never scaled up)."""
@@ -77,12 +90,7 @@ def test_generate_inspect_annotate_in_chromium(tmp_path):
     store_path = tmp_path / "store.db"
     demo = build_demo(load_pipeline(DEFAULT_MODEL_DIR, device="cpu"), store=store_path, outputs_dir=tmp_path / "out")
     expect = sync_api.expect
-    expect.set_options(timeout=TIMEOUT_MS)
-    with launched(demo) as url, sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url)
-
+    with app_page(demo) as page:
         # Generate: upload three references, a prompt, few steps
         page.locator("#references input[type=file]").set_input_files(example_references(3))
         expect(page.locator("#reference-preview img")).to_have_count(3)
@@ -125,7 +133,6 @@ def test_generate_inspect_annotate_in_chromium(tmp_path):
         page.keyboard.press("Shift+A")  # accept
         expect(page.locator("#ann-progress")).to_contain_text("1 reviewed by browser")
         page.screenshot(path=str(shots / "4-accepted.png"), full_page=True)
-        browser.close()
 
     with ReviewStore(store_path) as store:
         sample = store.get_sample(sample_id)

@@ -5,6 +5,7 @@ import torch
 from conftest import add_random_lora, make_transformer
 from diffusers.models.embeddings import apply_rotary_emb
 from inputs import random_batch
+from naive_attention import dense_mask
 
 from mosaic_studio.mosaic.attention import ReferenceBranch, install_mosaic_processors
 from mosaic_studio.mosaic.losses import scal_loss
@@ -48,18 +49,6 @@ def naive_projections(attn, text, target, refs, rope, ref_rope):
     return q, k, torch.cat(v, 1)
 
 
-def group_mask(n_base, n_ref, num_refs):
-    """(N, N) True where attention is allowed, written element by element."""
-    n = n_base + n_ref * num_refs
-    mask = torch.zeros(n, n, dtype=torch.bool)
-    for i in range(n):
-        for j in range(n):
-            ref_i = None if i < n_base else (i - n_base) // n_ref
-            ref_j = None if j < n_base else (j - n_base) // n_ref
-            mask[i, j] = ref_i is None or ref_j is None or ref_i == ref_j
-    return mask
-
-
 def block_inputs(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     dim = model.inner_dim
@@ -86,7 +75,7 @@ def test_double_block_attention_equals_naive_group_masked_attention():
         )
         q, k, v = naive_projections(attn, text, target, refs, rope, ref_rope)
         scores = torch.einsum("bihd,bjhd->bhij", q, k) / q.shape[-1] ** 0.5
-        mask = group_mask(TEXT + target.shape[1], REF_GRID[0] * REF_GRID[1], K)
+        mask = dense_mask(TEXT + target.shape[1], REF_GRID[0] * REF_GRID[1], K, isolated=False)
         weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
         out = torch.einsum("bhij,bjhd->bihd", weights, v).flatten(2)
         n_base = TEXT + target.shape[1]

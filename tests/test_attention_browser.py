@@ -6,7 +6,7 @@ test-artifacts/browser/. Skips only when /usr/bin/chromium is absent (CI install
 import numpy as np
 import pytest
 from studio_fixtures import ARTIFACTS, example_references
-from test_app_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, click_image_pixel
+from test_app_browser import CHROMIUM, app_page, click_image_pixel
 
 from mosaic_studio import DEFAULT_MODEL_DIR
 from mosaic_studio.mosaic.images import load_image, preprocess_reference
@@ -14,7 +14,6 @@ from mosaic_studio.mosaic.loading import load_pipeline
 from mosaic_studio.studio.app import build_demo
 from mosaic_studio.studio.canvas import REFERENCE, strip_layout
 from mosaic_studio.studio.inspector import BACKGROUND_TOLERANCE
-from mosaic_studio.studio.local_server import launched
 from mosaic_studio.studio.metadata import read_settings
 
 STEPS = 6  # fewer than the 10 bins: one step per bin
@@ -52,11 +51,7 @@ def test_colour_bar_captions_step_range_and_padding_note_in_chromium(tmp_path):
     files = example_references(3)
     demo = build_demo(pipe, store=tmp_path / "store.db", outputs_dir=tmp_path / "out")
     expect = sync_api.expect
-    expect.set_options(timeout=TIMEOUT_MS)
-    with launched(demo) as url, sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url)
+    with app_page(demo) as page:
         page.locator("#references input[type=file]").set_input_files(files)
         expect(page.locator("#reference-preview img")).to_have_count(3)
         page.locator("#prompt textarea").fill("a person, a quadruped and a bird on a plain background")
@@ -104,4 +99,3 @@ def test_colour_bar_captions_step_range_and_padding_note_in_chromium(tmp_path):
         click_image_pixel(page, "#reference-strip", *panel.to_canvas(padding[0]))
         expect(caption).to_contain_text("Outside the subject")
         page.screenshot(path=str(shots / "attention-padding.png"), full_page=True)
-        browser.close()

@@ -4,20 +4,14 @@ request is said once under the Generate button (no error badge on the Seed or an
 toast, no traceback on the server), and the reference preview shows every reference whole.
 Screenshots go to test-artifacts/browser-generate/."""
 
-from pathlib import Path
-
 import pytest
 from studio_fixtures import ARTIFACTS, example_references
+from test_app_browser import CHROMIUM, app_page
 
 from mosaic_studio import DEFAULT_MODEL_DIR
 from mosaic_studio.mosaic.loading import load_pipeline
 from mosaic_studio.studio.app import build_demo
-from mosaic_studio.studio.local_server import launched
 from mosaic_studio.world.shapes import KINDS
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
-TIMEOUT_MS = 60_000  # generous for a busy 2-core machine
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Debian chromium at /usr/bin/chromium (apt-get install chromium)"
@@ -58,12 +52,7 @@ def test_generate_tab_settings_sizes_errors_and_preview(tmp_path, capfd):
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
     expect = sync_api.expect
-    expect.set_options(timeout=TIMEOUT_MS)
-    with launched(demo) as url, sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url)
-
+    with app_page(demo) as page:
         # The controls open at the embedded default's own settings; the tab says what it knows
         for selector, value in (("#width", "128"), ("#height", "128"), ("#reference-size", "64")):
             expect(page.locator(f"{selector} input")).to_have_value(value)
@@ -121,4 +110,3 @@ def test_generate_tab_settings_sizes_errors_and_preview(tmp_path, capfd):
         page.locator("#references input[type=file]").set_input_files([str(bad)])
         expect(page.locator(".toast-body")).to_have_count(1)
         assert page.evaluate(ERROR_BADGES) >= 1
-        browser.close()

@@ -19,7 +19,7 @@ from pathlib import Path
 from mosaic_studio.annotator.records import PointStatus, SampleRecord, SampleStatus, StoreStats
 from mosaic_studio.annotator.store import ReviewStore
 from mosaic_studio.annotator.verify import cohens_kappa, error_report, format_stratum, observed_agreement
-from mosaic_studio.files import write_file_atomic
+from mosaic_studio.files import atomic_file, write_file_atomic
 from mosaic_studio.studio.store_files import resolve
 
 EXPORT_FORMAT = "mosaic-review-export"
@@ -191,18 +191,8 @@ def archive(folder: str | Path) -> Path:
     temporary name and renamed: a download never gets a truncated archive."""
     folder = Path(folder)
     path = folder.parent / f"{folder.name}.zip"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
-                for file in sorted(folder.rglob("*")):
-                    if file.is_file():
-                        zipped.write(file, Path(folder.name) / file.relative_to(folder))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as handle, zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
+        for file in sorted(folder.rglob("*")):
+            if file.is_file():
+                zipped.write(file, Path(folder.name) / file.relative_to(folder))
     return path
