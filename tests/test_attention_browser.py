@@ -39,9 +39,11 @@ def token_points(reference: np.ndarray, token: int, background: bool) -> list[tu
 
 
 def choose(page, dropdown: str, label: str) -> None:
-    """Pick `label` in the Gradio dropdown `dropdown` (a CSS selector of its block)."""
+    """Pick `label` in the Gradio dropdown `dropdown` (a CSS selector of its block). The option is
+    looked up inside that block: both step dropdowns list the same labels, and the list of the one
+    chosen before may still be in the page while it closes."""
     page.locator(f"{dropdown} input").click()
-    page.get_by_role("option", name=label, exact=True).click()
+    page.locator(dropdown).get_by_role("option", name=label, exact=True).click()
 
 
 def test_colour_bar_captions_step_range_and_padding_note_in_chromium(tmp_path):
