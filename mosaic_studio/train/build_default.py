@@ -2,12 +2,14 @@
 
     python -m mosaic_studio.train.build_default            # ~100 min on 2 CPU cores; resumable: rerun after a stop
 
-init (random tiny FLUX pipeline, 4x VAE) → vae → base (text-to-image) → lora (MOSAIC) →
-`mosaic_studio/assets/tiny-flux` (diffusers layout + `mosaic_lora.safetensors` in the authors' format).
+init (random tiny FLUX pipeline, 4x VAE) → vae → base (text-to-image) → lora (MOSAIC), and
+vae → decoder (the VAE decoder polished on the frozen encoder) → `mosaic_studio/assets/tiny-flux`:
+the lora stage's pipeline drawn by the decoder stage's VAE (diffusers layout +
+`mosaic_lora.safetensors` in the authors' format).
 Each stage checkpoints under `runs/default/<stage>` and resumes where it stopped; a stage whose
 pipeline was exported (it reached max_steps or its wall-time budget) is skipped. Wall times go
 to `runs/default/timings.json` (a resumed stage adds the minutes of each run; its budget
-restarts).
+restarts). `--only decoder` trains that stage alone, e.g. in a second process beside base or lora.
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 from mosaic_studio import DEFAULT_MODEL_DIR
 from mosaic_studio.evaluation.evaluate import Settings as EvaluatedAt
-from mosaic_studio.files import replace_dir_copy
+from mosaic_studio.files import replace_dir, write_file_atomic
 from mosaic_studio.mosaic.native import NativeSettings, write_native_settings
 from mosaic_studio.mosaic.tiny import BUILD_INFO, TinyFluxConfig, build_tiny_pipeline
-from mosaic_studio.train.config import CONFIGS_DIR, STAGES, load_config
+from mosaic_studio.train.config import CONFIGS_DIR, load_config
 from mosaic_studio.train.trainer import train
 
 # The trained default's architecture. Sizing (see docs/TRAINING.md): a 4x VAE with FLUX's 2x2
@@ -41,6 +45,10 @@ DEFAULT_ARCHITECTURE = TinyFluxConfig(
     latent_channels=16,
     vae_mid_block_attention=False,
 )
+# Build order, and the stage each one starts from ("init": the seeded random pipeline). The
+# decoder reads only the vae stage: the latents it draws are the encoder's, which never changes.
+STAGE_INPUTS = {"vae": "init", "base": "vae", "lora": "base", "decoder": "vae"}
+BUILD_ORDER = tuple(STAGE_INPUTS)
 
 
 def main(argv=None) -> None:
@@ -48,47 +56,62 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", default="runs/default", help="where stage checkpoints and exports go")
     parser.add_argument("--out", default=str(DEFAULT_MODEL_DIR), help="final pipeline folder")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
+    stops = parser.add_mutually_exclusive_group()
+    stops.add_argument(
         "--stop-after",
-        choices=STAGES,
-        default=STAGES[-1],
-        help="train the stages up to this one and stop (no export to --out)",
+        choices=BUILD_ORDER,
+        help=f"train the stages up to this one, in the order {', '.join(BUILD_ORDER)}, and stop (no export to --out)",
+    )
+    stops.add_argument(
+        "--only", choices=BUILD_ORDER, help="train this stage alone (the one it starts from must be trained) and stop"
     )
     parser.add_argument("overrides", nargs="*", help="stage:section.key=value, e.g. base:optim.max_steps=100")
     args = parser.parse_args(argv)
     runs = Path(args.runs)
-    init = runs / "init"
-    if not init.exists():
-        build_tiny_pipeline(init, DEFAULT_ARCHITECTURE, seed=args.seed)
+    pipeline = {"init": runs / "init"} | {stage: runs / stage / "pipeline" for stage in BUILD_ORDER}
+    if not pipeline["init"].exists():
+        build_tiny_pipeline(pipeline["init"], DEFAULT_ARCHITECTURE, seed=args.seed)
 
     timings_path = runs / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    pretrained = init
-    for stage in STAGES:
+    configs = {}
+    stages = (args.only,) if args.only else BUILD_ORDER
+    for stage in stages:
+        source = pipeline[STAGE_INPUTS[stage]]
+        if not source.is_dir():
+            raise SystemExit(f"the {stage} stage starts from {source}, which is not trained yet")
         overrides = [o.split(":", 1)[1] for o in args.overrides if o.startswith(f"{stage}:")]
-        config = load_config(
+        configs[stage] = config = load_config(
             CONFIGS_DIR / f"default_{stage}.yaml",
             [
-                f"model.pretrained={pretrained}",
+                f"model.pretrained={source}",
                 f"run.output_dir={runs / stage}",
                 f"data.seed={args.seed}",
                 *overrides,
             ],
         )
-        run_dir = Path(config.run.output_dir)
-        if not (run_dir / "pipeline").is_dir():
+        if not pipeline[stage].is_dir():
             began = time.monotonic()
             train(config)
+            # read again: a stage in another process may have written its own minutes meanwhile
+            timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
             timings[stage] = timings.get(stage, 0.0) + (time.monotonic() - began) / 60
-            timings_path.write_text(json.dumps(timings, indent=2))
-        pretrained = run_dir / "pipeline"
-        if stage == args.stop_after and stage != STAGES[-1]:
-            print(f"stopped after the {stage} stage: {pretrained}")
+            write_file_atomic(timings_path, partial(json.dump, timings, indent=2))
+        if stage in (args.stop_after, args.only):
+            print(f"stopped after the {stage} stage: {pipeline[stage]}")
             return
-    replace_dir_copy(pretrained, Path(args.out))
-    write_build_info(Path(args.out), args.seed, timings)
-    write_default_settings(Path(args.out), config)
-    print(f"default model written to {args.out}; wall minutes per stage: {timings}")
+    out = Path(args.out)
+    # Assembled beside --out and swapped in whole: the transformer and LoRA of the lora stage,
+    # drawn by the polished decoder (its encoder, shift and scale are the ones they trained on).
+    staging = out.with_name(f".{out.name}.assembling")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(pipeline["lora"], staging, ignore=shutil.ignore_patterns(".*"))
+    shutil.rmtree(staging / "vae")
+    shutil.copytree(pipeline["decoder"] / "vae", staging / "vae")
+    write_build_info(staging, args.seed, timings)
+    write_default_settings(staging, configs["lora"])
+    replace_dir(staging, out)
+    print(f"default model written to {out}; wall minutes per stage: {timings}")
 
 
 def write_default_settings(out: Path, lora_config) -> None:
@@ -114,7 +137,7 @@ def write_build_info(out: Path, seed: int, timings: dict) -> None:
         "seed": seed,
         "architecture": dataclasses.asdict(DEFAULT_ARCHITECTURE),
         "wall_minutes": timings,
-        "stages": list(STAGES),
+        "stages": {stage: STAGE_INPUTS[stage] for stage in BUILD_ORDER},  # each stage and the one it started from
     }
     (out / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 

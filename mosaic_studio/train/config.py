@@ -25,7 +25,7 @@ from mosaic_studio.mosaic.losses import DIVERGENCES, REDUCTIONS
 from mosaic_studio.mosaic.probe import all_blocks, all_double_blocks, early_double_blocks
 from mosaic_studio.mosaic.validation import FLUX_MAX_SEQUENCE_LENGTH
 
-STAGES = ("vae", "base", "lora")
+STAGES = ("vae", "decoder", "base", "lora")
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the shipped stage configs (default_*.yaml)
 LORA_CONFIG = (
     CONFIGS_DIR / "default_lora.yaml"
@@ -258,7 +258,8 @@ class RunConfig(_Section):
 
 @dataclass
 class TrainConfig:
-    stage: str = "base"  # "vae", "base" (text-to-image pretraining) or "lora" (MOSAIC LoRA)
+    # "vae", "decoder" (the VAE decoder alone), "base" (text-to-image pretraining) or "lora" (MOSAIC LoRA)
+    stage: str = "base"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -279,10 +280,10 @@ class TrainConfig:
         _check_choice("stage", self.stage, STAGES)
         for section in (self.data, self.model, self.loss, self.optim, self.run):
             section.validate()
-        if self.stage == "vae" and self.data.ref_size > self.data.target_size:
-            # the VAE stage trains on ref_size crops of the targets
+        if self.stage in ("vae", "decoder") and self.data.ref_size > self.data.target_size:
+            # the VAE stages train on ref_size crops of the targets
             raise ConfigError(
-                f"data.ref_size must be <= data.target_size ({self.data.target_size}) in the vae stage, "
+                f"data.ref_size must be <= data.target_size ({self.data.target_size}) in the {self.stage} stage, "
                 f"got {self.data.ref_size}"
             )
 

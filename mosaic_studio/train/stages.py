@@ -1,6 +1,8 @@
 """What each training stage trains, its loss, and what it exports.
 
-vae   the AutoencoderKL (the tiny default only; FLUX.1-dev ships its own)
+vae      the AutoencoderKL (the tiny default only; FLUX.1-dev ships its own)
+decoder  the VAE's decoder alone, on a frozen encoder: the latents (and so every transformer
+         trained on them) stay valid while the decoder polishes how they are drawn
 base  text-to-image pretraining of the whole transformer, L_diff
 lora  the MOSAIC reference LoRA on a frozen base, L = L_diff + α·L_SCA + β·L_MD (Eq. 15)
 """
@@ -89,12 +91,15 @@ class VaeStage(Stage):
             images.append(batch.reference_pixels[:, 0])  # one reference per sample keeps the two halves balanced
         losses = []
         for pixels in images:
-            posterior = module.encode(pixels).latent_dist
+            posterior = self.encode(module, pixels)
             recon = module.decode(posterior.sample(generator)).sample
             reconstruction = F.mse_loss(recon, pixels) + F.l1_loss(recon, pixels)
             losses.append(reconstruction + self.config.loss.kl_weight * posterior.kl().mean())
         loss = torch.stack(losses).mean()
         return loss, {"loss": loss.detach()}
+
+    def encode(self, module, pixels):
+        return module.encode(pixels).latent_dist
 
     def export(self, pipe, module, out_dir, source):
         """Calibrate shift/scale so latents are ~N(0, 1), as FLUX's VAE config does, then save."""
@@ -104,6 +109,29 @@ class VaeStage(Stage):
                 [module.encode(source.batch(i).target).latent_dist.mode() for i in range(STATS_BATCHES)]
             )
         module.register_to_config(shift_factor=latents.mean().item(), scaling_factor=1.0 / latents.std().item())
+        copy_pipeline(self.config.model.pretrained, out_dir)
+        module.save_pretrained(out_dir / "vae")
+
+
+class DecoderStage(VaeStage):
+    """The VAE's decoder on its frozen encoder: the same crops, sampled latents and loss as the
+    vae stage (its KL term is then a constant), and no recalibration at export, so every latent,
+    and the shift and scale the transformer was trained with, stay exactly as they were."""
+
+    def trainable(self, pipe):
+        vae = pipe.vae
+        vae.requires_grad_(False).eval()
+        for part in (vae.decoder, vae.post_quant_conv):
+            if part is not None:  # post_quant_conv is None when the config turns it off
+                part.requires_grad_(True).train()
+        return vae
+
+    def encode(self, module, pixels):
+        with torch.no_grad():  # no graph through the encoder: it does not train
+            return module.encode(pixels).latent_dist
+
+    def export(self, pipe, module, out_dir, source):
+        module.eval()
         copy_pipeline(self.config.model.pretrained, out_dir)
         module.save_pretrained(out_dir / "vae")
 
@@ -237,4 +265,4 @@ class LoraStage(BaseStage):
         )
 
 
-STAGE_CLASSES = {"vae": VaeStage, "base": BaseStage, "lora": LoraStage}
+STAGE_CLASSES = {"vae": VaeStage, "decoder": DecoderStage, "base": BaseStage, "lora": LoraStage}
