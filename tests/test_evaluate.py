@@ -1,14 +1,17 @@
-"""The evaluate command end to end on the embedded default (4 held-out cases), its resume, the
-oracle, and a published case list scored with tiny random CLIP/DINO models."""
+"""The evaluate command end to end on the embedded default (4 held-out cases), its resume, fast
+mode, the oracle, and a published case list scored with tiny random CLIP/DINO models."""
 
 import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mosaic_studio.evaluation import evaluate as ev
 from mosaic_studio.evaluation.report import summarise
+from mosaic_studio.mosaic.loading import load_pipeline
+from mosaic_studio.train.data import collate
 
 QUICK = ["--cases", "4", "--steps", "2", "--seeds", "2", "--diversity-every", "2", "--threads", "1"]
 
@@ -64,10 +67,67 @@ def test_a_stopped_evaluation_continues_after_the_last_whole_record(default_run,
     assert calls[0] == 1000  # the cut case 1 ran again, case 0 did not
 
 
+def test_fast_mode_is_recorded_refused_on_a_flipped_resume_and_generates_other_images(default_run, tmp_path):
+    out = tmp_path / "fast"
+    fast_args = ["--cases", "2", "--steps", "2", "--diversity-every", "0", "--threads", "1", "--reference-cache"]
+    ev.main(["--out", str(out), *fast_args])
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["mode"] == "fast" and report["settings"]["reference_cache"] is True
+    assert json.loads((out / "settings.json").read_text())["reference_cache"] is True
+    fast = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    exact = json.loads((default_run / "evaluation.json").read_text())["records"][:2]
+    assert [r["mode"] for r in fast] == ["fast", "fast"] and [r["mode"] for r in exact] == ["exact", "exact"]
+    assert "Mode: **fast**" in (out / "evaluation.md").read_text()
+    assert "Mode: **exact**" in (default_run / "evaluation.md").read_text()
+    for a, b in zip(exact, fast):  # the same case, seed, steps and size: only the mask differs
+        assert a["case"] == b["case"]
+        image_a, image_b = (np.asarray(Image.open(run / r["image"])) for run, r in ((default_run, a), (out, b)))
+        assert image_a.shape == image_b.shape == (128, 128, 3)
+        assert image_a.std() > 5 and image_b.std() > 5  # real pictures, not a flat or empty decode
+        assert np.abs(image_a.astype(int) - image_b.astype(int)).mean() > 0.5
+        # The embedded default's PCK probe reads transformer_blocks.0 only, before any attention:
+        # the same rows in both modes (evaluate.probe_attention).
+        assert b["pck"] == a["pck"]
+    # A resume with the flag flipped either way fails before any generation, naming the key.
+    with pytest.raises(ValueError, match="other settings.*reference_cache"):
+        ev.main(["--out", str(out), *fast_args[:-1]])
+    with pytest.raises(ValueError, match="other settings.*reference_cache"):
+        ev.main(["--out", str(default_run), *QUICK, "--reference-cache"])
+
+
+def test_a_settings_file_from_before_a_setting_existed_resumes_with_its_default(default_run, tmp_path):
+    old = json.loads((default_run / "settings.json").read_text())
+    del old["reference_cache"]  # written before fast mode was an evaluation setting: exact mode
+    (tmp_path / "settings.json").write_text(json.dumps(old))
+    assert ev._resume(tmp_path, ev.Settings(**old)) == []
+    assert json.loads((tmp_path / "settings.json").read_text())["reference_cache"] is False
+    with pytest.raises(ValueError, match=r"other settings \(reference_cache\)"):
+        ev._resume(tmp_path, ev.Settings(**old, reference_cache=True))
+
+
+def test_probe_under_the_fast_mask_differs_only_past_the_first_block():
+    """Eq. 8 rows under the fast-mode mask: the first double block's queries and keys precede any
+    attention (the same rows); a later block reads tokens the mask changed."""
+    pipe = load_pipeline(device="cpu")
+    sample = ev.heldout_sample(2, 3)
+    batch = collate([sample], [sample.caption], 8, pipe.pixels_per_token, np.random.default_rng(0))
+    for sites, same in ((["transformer_blocks.0"], True), (["transformer_blocks.0", "transformer_blocks.1"], False)):
+        rows = [
+            ev.probe_attention(pipe, batch, 0.5, sites, torch.Generator().manual_seed(5), 32, reference_cache=fast)
+            for fast in (False, True)
+        ]
+        assert torch.equal(*rows) == same
+
+
+def test_oracle_refuses_fast_mode(tmp_path):
+    with pytest.raises(ValueError, match="--reference-cache"):
+        ev.main(["--out", str(tmp_path), "--oracle", "--reference-cache", "--cases", "1", "--threads", "1"])
+
+
 def test_oracle_scores_the_true_targets_above_chance(tmp_path):
     ev.main(["--out", str(tmp_path), "--oracle", "--cases", "6", "--threads", "1"])
     records = json.loads((tmp_path / "evaluation.json").read_text())["records"]
-    assert all(r.get("pck") is None and r["diversity"] is None for r in records)
+    assert all(r.get("pck") is None and r["diversity"] is None and r["mode"] == "oracle" for r in records)
     assert np.mean([r["fidelity_gain"] for r in records]) > 0.05
     assert np.mean([r["presence"] for r in records]) > 0.5
 
@@ -75,7 +135,6 @@ def test_oracle_scores_the_true_targets_above_chance(tmp_path):
 def test_published_case_list_gets_clip_and_dino_scores(tmp_path):
     from mosaic_studio.evaluation.published_metrics import PublishedScorer
     from mosaic_studio.evaluation.tiny_scorer_models import save_tiny_scorer_models
-    from mosaic_studio.mosaic.loading import load_pipeline
 
     for name, colour in (("dog", (150, 90, 40)), ("cup", (30, 90, 200))):
         (tmp_path / name).mkdir()

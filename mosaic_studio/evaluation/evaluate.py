@@ -5,6 +5,7 @@ subjects, a markdown table and a plot of every metric against the subject count.
     python -m mosaic_studio.evaluation.evaluate --model runs/ablation/both/pipeline --cases 48 \\
         --out outputs/eval-both
     python -m mosaic_studio.evaluation.evaluate --oracle --out outputs/eval-oracle  # the metrics on the true targets
+    python -m mosaic_studio.evaluation.evaluate --reference-cache --out outputs/eval-fast  # fast mode
     python -m mosaic_studio.evaluation.evaluate --model black-forest-labs/FLUX.1-dev \\
         --lora bytedance-fanqie-ai/MOSAIC \\
         --benchmark xversebench:XVerseBench/eval/tools/XVerseBench_multi.json --root XVerseBench --out outputs/xverse
@@ -21,7 +22,9 @@ averaged over the case's subjects), attention PCK@1 token of the Eq. 8 probe aga
 generation: the probe runs on the true target at fixed noise levels), and, on every
 `--diversity-every`-th case, diversity: the mean pairwise perceptual distance over `--seeds`
 generations (mosaic_studio/evaluation/diversity.py; paper Table 15). Published case lists: CLIP-I, CLIP-T and DINO
-(mosaic_studio/evaluation/published_metrics.py) and the same diversity.
+(mosaic_studio/evaluation/published_metrics.py) and the same diversity. `--reference-cache` runs the generations and
+the probe in fast mode (docs/DESIGN.md §7; `probe_attention` says what that changes in the probe);
+every record and the report say which mode ran (benchmarks/fast_mode_quality.py compares the two).
 
 Records go to <out>/records.jsonl as each case finishes, so a stopped run resumes where it
 stopped (with the same settings; other settings need another --out). The end writes
@@ -46,6 +49,7 @@ from tqdm import tqdm
 from mosaic_studio import DEFAULT_MODEL_DIR
 from mosaic_studio.evaluation.metrics import attention_pck
 from mosaic_studio.evaluation.report import markdown_by_subjects, markdown_table, plot_by_subjects, summarise
+from mosaic_studio.mosaic.attention import ReferenceCache
 from mosaic_studio.mosaic.data.semalign import MAX_REFERENCES
 from mosaic_studio.mosaic.latents import encode_latents, encode_reference_pixels
 from mosaic_studio.mosaic.probe import AttentionProbe
@@ -73,6 +77,14 @@ class Settings:
     # counts, so those cases cover every count (a multiple of 6 would pick one count only).
     diversity_every: int = 7
     oracle: bool = False  # score the true target instead of a generation (synthetic only)
+    # Fast mode (MosaicPipeline's reference_cache, docs/DESIGN.md §7) for the generations and
+    # the PCK probe; False: the exact group mask the model was trained with.
+    reference_cache: bool = False
+
+    @property
+    def mode(self) -> str:
+        """What each record says it ran: "fast", "exact", or "oracle" (nothing generated or probed)."""
+        return "oracle" if self.oracle else "fast" if self.reference_cache else "exact"
 
 
 def heldout_sample(index: int, num_refs: int | None, target_size: int = 128, ref_size: int = 64, token_size: int = 8):
@@ -90,13 +102,36 @@ def synthetic_cases(count: int, side: int, token_size: int) -> list:
 
 @torch.no_grad()
 def probe_attention(
-    pipe, batch, t: float, sites: Sequence[str], generator: torch.Generator, max_sequence_length: int
+    pipe,
+    batch,
+    t: float,
+    sites: Sequence[str],
+    generator: torch.Generator,
+    max_sequence_length: int,
+    reference_cache: bool = False,
 ) -> torch.Tensor:
     """Eq. 8 rows (B, K·P, N_tgt) of the batch's correspondence points (`batch.rows`) at noise
     level t, averaged over the transformer blocks `sites` (module names, e.g.
     `mosaic.probe.early_double_blocks(pipe.transformer)`). The target is encoded (a posterior
     sample) and noised with `generator` exactly as a training step does, so the rows are the ones
-    the losses supervise; references use the posterior mean."""
+    the losses supervise; references use the posterior mean.
+
+    reference_cache: run the forward under fast mode's mask (docs/DESIGN.md §7: reference queries
+    see their own reference only; text and target queries still see every reference) instead of
+    the exact group mask. The row is the same quantity in both modes: Eq. 8 is the softmax of a
+    reference token's query against the target keys, taken over the target keys only, a read-out
+    of Q_ref and K_tgt, not the attention the reference row performs (in exact mode that softmax
+    also spans text and the reference itself; in fast mode it spans the reference only and never
+    reaches the target). So the row is defined in fast mode, and the probe's direction (reference
+    query → target keys) is exactly the one fast mode cuts; the direction it keeps (target
+    queries → reference keys) is not what Eq. 8 reads. What fast mode changes is the tokens Q_ref
+    and K_tgt are projected from, from the second block on: reference tokens have attended to
+    their own reference only (not to text and target), and target tokens to those changed
+    reference keys and values. At the first double block both come straight from the embedders,
+    identical in the two modes, so a probe reading `transformer_blocks.0` alone gives the same
+    rows bit for bit. The embedded default's probe sites are that case (loss.blocks = early: the
+    first third of its 4 double blocks, block 0 alone), so its PCK is the same in both modes by
+    construction; deeper sites (FLUX.1-dev's early blocks 0–5, `double`, `all`) differ."""
     transformer = pipe.transformer
     x0, grid = encode_latents(pipe, batch.target, generator=generator)
     noise = torch.randn(x0.shape, generator=generator).to(x0)
@@ -108,6 +143,7 @@ def probe_attention(
     reference_latents, reference_ids = encode_reference_pixels(pipe, batch.reference_pixels)
     s = timestep.view(-1, 1, 1)
     probe = AttentionProbe(batch.rows)
+    cache = ReferenceCache(keep_queries=True) if reference_cache else None  # the probe reads reference queries
     with probe.attached(transformer, sites):
         mosaic_forward(
             transformer,
@@ -120,6 +156,7 @@ def probe_attention(
             guidance=guidance,
             reference_latents=reference_latents,
             reference_ids=reference_ids,
+            reference_cache=cache,
         )
     return probe.attention()
 
@@ -132,23 +169,29 @@ def lora_probe_settings() -> tuple[str, int]:
     return config.loss.blocks, config.model.max_sequence_length
 
 
-def probe_points(pipe, batch, t: float) -> torch.Tensor:
+def probe_sites(pipe) -> list[str]:
+    """The blocks PCK reads: the default LoRA stage's probe sites on this transformer."""
+    return PROBE_SITES[lora_probe_settings()[0]](pipe.transformer)
+
+
+def probe_points(pipe, batch, t: float, reference_cache: bool = False) -> torch.Tensor:
     """`probe_attention` on the default LoRA stage's probe sites, with noise fixed by t."""
-    blocks, max_sequence_length = lora_probe_settings()
-    sites = PROBE_SITES[blocks](pipe.transformer)
-    return probe_attention(pipe, batch, t, sites, torch.Generator().manual_seed(int(t * 1000)), max_sequence_length)
+    generator = torch.Generator().manual_seed(int(t * 1000))
+    sites, max_sequence_length = probe_sites(pipe), lora_probe_settings()[1]
+    return probe_attention(pipe, batch, t, sites, generator, max_sequence_length, reference_cache)
 
 
 @torch.no_grad()
-def probe_hits(pipe, sample, rng: np.random.Generator) -> tuple[float, int]:
+def probe_hits(pipe, sample, rng: np.random.Generator, reference_cache: bool = False) -> tuple[float, int]:
     """(hits, points) of attention PCK@1 token for the Eq. 8 probe (the training's probe sites) on
-    one sample, summed over PCK_TIMESTEPS; PCK_POINTS correspondences per reference from `rng`."""
+    one sample, summed over PCK_TIMESTEPS; PCK_POINTS correspondences per reference from `rng`;
+    reference_cache: under fast mode's mask (`probe_attention`)."""
     token = pipe.pixels_per_token
     batch = collate([sample], [sample.caption], PCK_POINTS, token, rng)
     grid_w = sample.target.shape[1] // token
     hits, total = 0.0, 0
     for t in PCK_TIMESTEPS:
-        attention = probe_points(pipe, batch, t)
+        attention = probe_points(pipe, batch, t, reference_cache)
         n = int(batch.valid.sum())
         hits += attention_pck(attention, batch.tgt_index, grid_w, 1, batch.valid).item() * n
         total += n
@@ -164,6 +207,7 @@ def generate(pipe, prompt: str, references: list[Image.Image], settings: Setting
         num_inference_steps=settings.steps,
         guidance_scale=settings.guidance,
         generator=torch.Generator().manual_seed(seed),
+        reference_cache=settings.reference_cache,
     ).images[0]
 
 
@@ -232,7 +276,8 @@ class Evaluator:
             image = generate(self.pipe, prompt, refs, self.settings, seed=index * 1000)
         name = f"images/{index:04d}.png"
         image.save(self.out / name)
-        return image, {"case": case_id, "subjects": len(refs), "prompt": prompt, "image": name}
+        head = {"case": case_id, "subjects": len(refs), "prompt": prompt, "image": name}
+        return image, {**head, "mode": self.settings.mode}
 
     def synthetic(self, index: int, sample) -> dict:
         refs = [Image.fromarray(r.image) for r in sample.references]
@@ -240,7 +285,8 @@ class Evaluator:
         image, record = self._image(index, sample.sample_id, sample.caption, refs, truth)
         record.update(world_record(np.asarray(image), sample, decoys(index, sample)))
         if not self.settings.oracle:
-            hits, points = probe_hits(self.pipe, sample, np.random.default_rng([EVAL_SEED, index]))
+            rng = np.random.default_rng([EVAL_SEED, index])
+            hits, points = probe_hits(self.pipe, sample, rng, self.settings.reference_cache)
             record["pck"] = hits / points
         record["diversity"] = self._diversity(index, sample.caption, refs, image)
         return record
@@ -274,11 +320,13 @@ def load_cases(benchmark: str, count: int, side: int, token_size: int, root: str
 
 
 def _resume(out: Path, settings: Settings) -> list[dict]:
-    """Records already written by a run with these settings; other settings fail loudly."""
+    """Records already written by a run with these settings; other settings fail loudly, naming
+    the keys that differ. A key missing from an older settings.json (one written before that
+    setting existed) counts as its default, which is what that run used."""
     settings_path, records_path = out / "settings.json", out / "records.jsonl"
     wanted = dataclasses.asdict(settings)
     if settings_path.exists():
-        found = json.loads(settings_path.read_text())
+        found = {**dataclasses.asdict(Settings()), **json.loads(settings_path.read_text())}
         if found != wanted:
             changed = sorted(k for k in wanted if found.get(k) != wanted[k])
             raise ValueError(f"{out} holds an evaluation with other settings ({', '.join(changed)}); use another --out")
@@ -307,6 +355,8 @@ def evaluate(
         raise ValueError("a published benchmark needs a PublishedScorer (CLIP and DINO models)")
     if settings.oracle and kind != "synthetic":
         raise ValueError("--oracle scores the true targets, which only the synthetic world has")
+    if settings.oracle and settings.reference_cache:
+        raise ValueError("--oracle generates nothing and probes nothing, so --reference-cache would not apply")
     records = _resume(out, settings)
     evaluator = Evaluator(pipe, settings, out, distance, scorer)
     run = evaluator.synthetic if kind == "synthetic" else evaluator.published
@@ -316,16 +366,28 @@ def evaluate(
             stream.write(json.dumps(records[-1]) + "\n")
             stream.flush()
     summary = summarise(records)
-    (out / "evaluation.json").write_text(
-        json.dumps({"settings": dataclasses.asdict(settings), "summary": summary, "records": records}, indent=2)
-    )
+    report = {"settings": dataclasses.asdict(settings), "mode": settings.mode, "summary": summary, "records": records}
+    (out / "evaluation.json").write_text(json.dumps(report, indent=2))
     table = markdown_table({name: summary})
     by_k = "\n\n".join(markdown_by_subjects({name: summary}, m) for m in summary["overall"])
     (out / "evaluation.md").write_text(
-        f"# Evaluation: {name} on {settings.benchmark}\n\n{summary['cases']} cases.\n\n{table}\n\n{by_k}\n"
+        f"# Evaluation: {name} on {settings.benchmark}\n\n{summary['cases']} cases. {mode_line(settings)}\n\n"
+        f"{table}\n\n{by_k}\n"
     )
     plot_by_subjects({name: summary}, out / "metrics_vs_subjects.png", title=f"{name} on {settings.benchmark}")
     return summary
+
+
+def mode_line(settings: Settings) -> str:
+    """The report's sentence on the attention mode the generations (and the probe) ran with."""
+    if settings.oracle:
+        return "Oracle: the true targets are scored, nothing is generated."
+    if settings.reference_cache:
+        return (
+            "Mode: **fast** (`reference_cache=True`: references attend to themselves only, their keys and "
+            "values computed once; not the group mask the model was trained with)."
+        )
+    return "Mode: **exact** (the group mask the model was trained with)."
 
 
 def main(argv=None) -> None:
@@ -350,6 +412,11 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=defaults.seeds)
     parser.add_argument("--diversity-every", type=int, default=defaults.diversity_every)
     parser.add_argument("--oracle", action="store_true", help="score the true targets: the metrics' ceiling")
+    parser.add_argument(
+        "--reference-cache",
+        action="store_true",
+        help="fast mode: generate (and probe) with reference_cache=True instead of the exact group mask",
+    )
     parser.add_argument(
         "--lpips", action="store_true", help="diversity with LPIPS (needs the lpips package and its weights)"
     )
@@ -377,6 +444,7 @@ def main(argv=None) -> None:
         args.seeds,
         args.diversity_every,
         args.oracle,
+        reference_cache=args.reference_cache,
     )
     distance = LpipsDistance(device=args.device) if args.lpips else FeatureDistance.from_vae(pipe.vae)
     scorer = None

@@ -1,6 +1,6 @@
 """Rebuild the embedded default model from nothing, with fixed seeds:
 
-    python -m mosaic_studio.train.build_default            # ~100 min on 2 CPU cores; resumable: rerun after a stop
+    python -m mosaic_studio.train.build_default   # hours on 2 CPU cores (docs/TRAINING.md); resumable: rerun it
 
 init (random tiny FLUX pipeline, 4x VAE) → vae → base (text-to-image) → lora (MOSAIC), and
 vae → decoder (the VAE decoder polished on the frozen encoder) → `mosaic_studio/assets/tiny-flux`:
