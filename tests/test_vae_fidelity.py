@@ -45,3 +45,20 @@ def test_checkpoint_weights_of_another_vae_are_refused(tmp_path):
     with pytest.raises(ValueError, match="does not match the VAE"):
         load_vae(str(DEFAULT_MODEL_DIR), str(tmp_path / "model.safetensors"))
     assert isinstance(load_vae(str(DEFAULT_MODEL_DIR), None), AutoencoderKL)
+
+
+def test_a_decoder_stage_checkpoint_loads_over_the_folders_encoder(tmp_path):
+    from safetensors.torch import save_file
+
+    reference = AutoencoderKL.from_pretrained(str(DEFAULT_MODEL_DIR), subfolder="vae").state_dict()
+    decoder = {f"model.{k}": v + 1 for k, v in reference.items() if not k.startswith(("encoder.", "quant_conv."))}
+    save_file(decoder, tmp_path / "model.safetensors")
+    loaded = load_vae(str(DEFAULT_MODEL_DIR), str(tmp_path / "model.safetensors")).state_dict()
+    for name, value in loaded.items():
+        expected = reference[name] + (0 if name.startswith(("encoder.", "quant_conv.")) else 1)
+        assert value.equal(expected), name
+    # without one decoder weight it is neither a whole VAE nor a decoder: refused, naming it
+    dropped = sorted(decoder)[0]
+    save_file({k: v for k, v in decoder.items() if k != dropped}, tmp_path / "partial.safetensors")
+    with pytest.raises(ValueError, match=dropped.removeprefix("model.")):
+        load_vae(str(DEFAULT_MODEL_DIR), str(tmp_path / "partial.safetensors"))

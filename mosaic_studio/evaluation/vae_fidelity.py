@@ -76,13 +76,20 @@ def vae_fidelity(vae: AutoencoderKL, count: int, target_size: int = 128, ref_siz
     }
 
 
+# A decoder-stage checkpoint holds the trained decoder alone: its encoder is the folder's, frozen.
+FROZEN_BY_DECODER_STAGE = ("encoder.", "quant_conv.")
+
+
 def load_vae(model: str, weights: str | None) -> AutoencoderKL:
-    """The VAE of a pipeline folder, optionally with a training checkpoint's weights on top."""
+    """The VAE of a pipeline folder, optionally with a training checkpoint's weights on top: a vae
+    stage's (every weight) or a decoder stage's (every weight but the encoder's)."""
     vae = AutoencoderKL.from_pretrained(model, subfolder="vae")
     if weights:
         state = {key.removeprefix("model."): value for key, value in load_file(weights).items()}
         missing, unexpected = vae.load_state_dict(state, strict=False)
-        if unexpected or missing:
+        decoder_only = all(name.startswith(FROZEN_BY_DECODER_STAGE) for name in missing)
+        if unexpected or (missing and not decoder_only):
+            missing = [name for name in missing if not name.startswith(FROZEN_BY_DECODER_STAGE)] or missing
             raise ValueError(
                 f"{weights} does not match the VAE of {model}: missing {missing[:3]}, unexpected {unexpected[:3]}"
             )
