@@ -85,9 +85,7 @@ def test_fast_mode_is_recorded_refused_on_a_flipped_resume_and_generates_other_i
         assert image_a.shape == image_b.shape == (128, 128, 3)
         assert image_a.std() > 5 and image_b.std() > 5  # real pictures, not a flat or empty decode
         assert np.abs(image_a.astype(int) - image_b.astype(int)).mean() > 0.5
-        # The embedded default's PCK probe reads transformer_blocks.0 only, before any attention:
-        # the same rows in both modes (evaluate.probe_attention).
-        assert b["pck"] == a["pck"]
+        assert 0.0 <= b["pck"] <= 1.0  # probed under fast mode's mask (evaluate.probe_attention)
     # A resume with the flag flipped either way fails before any generation, naming the key.
     with pytest.raises(ValueError, match="other settings.*reference_cache"):
         ev.main(["--out", str(out), *fast_args[:-1]])

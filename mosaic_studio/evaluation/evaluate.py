@@ -129,9 +129,8 @@ def probe_attention(
     their own reference only (not to text and target), and target tokens to those changed
     reference keys and values. At the first double block both come straight from the embedders,
     identical in the two modes, so a probe reading `transformer_blocks.0` alone gives the same
-    rows bit for bit. The embedded default's probe sites are that case (loss.blocks = early: the
-    first third of its 4 double blocks, block 0 alone), so its PCK is the same in both modes by
-    construction; deeper sites (FLUX.1-dev's early blocks 0–5, `double`, `all`) differ."""
+    rows bit for bit; any site after it (the embedded default's every double block, FLUX.1-dev's
+    early blocks 0–5) differs."""
     transformer = pipe.transformer
     x0, grid = encode_latents(pipe, batch.target, generator=generator)
     noise = torch.randn(x0.shape, generator=generator).to(x0)

@@ -27,8 +27,8 @@ GRID_COUNTS = (1, 2, 3, 4, 6)
 
 
 def plot_curves(runs: Path, out: Path) -> None:
-    panels = [("vae", ["loss"]), ("base", ["loss"]), ("lora", ["diffusion", "scal", "mdl"])]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    panels = [("vae", ["loss"]), ("decoder", ["loss"]), ("base", ["loss"]), ("lora", ["diffusion", "scal", "mdl"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.4))
     for ax, (stage, columns) in zip(axes, panels):
         path = runs / stage / "log.csv"
         if not path.exists():
