@@ -11,6 +11,7 @@ from PIL import Image
 from mosaic_studio.evaluation import evaluate as ev
 from mosaic_studio.evaluation.report import summarise
 from mosaic_studio.mosaic.loading import load_pipeline
+from mosaic_studio.mosaic.pipeline import MosaicPipeline
 from mosaic_studio.train.data import collate
 
 QUICK = ["--cases", "4", "--steps", "2", "--seeds", "2", "--diversity-every", "2", "--threads", "1"]
@@ -95,12 +96,49 @@ def test_fast_mode_is_recorded_refused_on_a_flipped_resume_and_generates_other_i
 
 def test_a_settings_file_from_before_a_setting_existed_resumes_with_its_default(default_run, tmp_path):
     old = json.loads((default_run / "settings.json").read_text())
-    del old["reference_cache"]  # written before fast mode was an evaluation setting: exact mode
+    assert old["ref_side"] is None  # no --ref-side: recorded as the default, side // 2
+    del old["reference_cache"], old["ref_side"]  # written before these settings existed: their defaults
     (tmp_path / "settings.json").write_text(json.dumps(old))
     assert ev._resume(tmp_path, ev.Settings(**old)) == []
-    assert json.loads((tmp_path / "settings.json").read_text())["reference_cache"] is False
+    written = json.loads((tmp_path / "settings.json").read_text())
+    assert written["reference_cache"] is False and written["ref_side"] is None
     with pytest.raises(ValueError, match=r"other settings \(reference_cache\)"):
         ev._resume(tmp_path, ev.Settings(**old, reference_cache=True))
+    with pytest.raises(ValueError, match=r"other settings \(ref_side\)"):
+        ev._resume(tmp_path, ev.Settings(**old, ref_side=64))  # explicit, even where it equals side // 2
+
+
+def test_ref_side_builds_generates_and_probes_the_references_at_that_size(tmp_path, monkeypatch):
+    """--ref-side: the cases' references are drawn at it, the generation is called with it (not
+    the model's native 64) and the PCK probe reads them at it; a resume with another value fails."""
+    assert ev.Settings().reference_side == 64  # default: side // 2, what runs without it used
+    assert ev.Settings(benchmark="uno:cases.json").reference_side is None  # published: the model's native
+    generated, probed = [], []
+    encode = MosaicPipeline.encode_references
+    monkeypatch.setattr(
+        MosaicPipeline,
+        "encode_references",
+        lambda self, images, size, *a, **k: generated.append(size) or encode(self, images, size, *a, **k),
+    )
+    probe = ev.probe_points
+    monkeypatch.setattr(
+        ev,
+        "probe_points",
+        lambda pipe, batch, *a, **k: (
+            probed.append(tuple(batch.reference_pixels.shape[-2:])) or probe(pipe, batch, *a, **k)
+        ),
+    )
+    out = tmp_path / "ref32"
+    args = ["--cases", "2", "--steps", "1", "--diversity-every", "0", "--threads", "1", "--ref-side", "32"]
+    ev.main(["--out", str(out), *args])
+    assert json.loads((out / "settings.json").read_text())["ref_side"] == 32
+    assert json.loads((out / "evaluation.json").read_text())["settings"]["ref_side"] == 32
+    assert generated == [32, 32]  # one generation per case, its references encoded at 32 px
+    assert probed == [(32, 32)] * 2 * len(ev.PCK_TIMESTEPS)
+    with pytest.raises(ValueError, match=r"other settings \(ref_side\)"):
+        ev.main(["--out", str(out), *args[:-1], "48"])
+    with pytest.raises(ValueError, match=r"other settings \(ref_side\)"):
+        ev.main(["--out", str(out), *args[:-2]])  # no --ref-side: side // 2, not the 32 this run used
 
 
 def test_probe_under_the_fast_mask_differs_only_past_the_first_block():

@@ -15,9 +15,11 @@ subjects, a markdown table and a plot of every metric against the subject count.
         --out ...
 
 Synthetic world (`--benchmark synthetic`, the default): held-out identities from world seed
-EVAL_SEED, case i has 1 + (i mod 6) subjects. Per case: identity fidelity and fidelity above
-chance (minus the fidelity of DECOYS absent held-out identities of the same size in the same
-image), presence, missing, duplicated, leakage and prompt adherence (mosaic_studio/evaluation/world_metrics.py,
+EVAL_SEED, case i has 1 + (i mod 6) subjects, its references drawn at `--ref-side` pixels
+(default: half of `--side`), the size the generations and the probe use too. Per case:
+identity fidelity and fidelity above chance (minus the fidelity of DECOYS absent held-out
+identities of the same size in the same image), presence, missing, duplicated, leakage and
+prompt adherence (mosaic_studio/evaluation/world_metrics.py,
 averaged over the case's subjects), attention PCK@1 token of the Eq. 8 probe against the true correspondences (no
 generation: the probe runs on the true target at fixed noise levels), and, on every
 `--diversity-every`-th case, diversity: the mean pairwise perceptual distance over `--seeds`
@@ -80,6 +82,19 @@ class Settings:
     # Fast mode (MosaicPipeline's reference_cache, docs/DESIGN.md §7) for the generations and
     # the PCK probe; False: the exact group mask the model was trained with.
     reference_cache: bool = False
+    # Reference side in pixels. None: synthetic references at side // 2 (the world's training
+    # ratio; at the default side that is 64 px, what every earlier run used), published lists at
+    # the model's native size. A P_k sweep at a larger size evaluates its rows at theirs.
+    ref_side: int | None = None
+
+    @property
+    def reference_side(self) -> int | None:
+        """The reference size generations are called with: synthetic references are drawn at this
+        size and the probe reads them at it, so the generation must not resize them to the model's
+        native one. None (published lists without ref_side): the pipeline's native size."""
+        if self.ref_side is not None or self.benchmark != "synthetic":
+            return self.ref_side
+        return self.side // 2
 
     @property
     def mode(self) -> str:
@@ -96,8 +111,10 @@ def heldout_sample(index: int, num_refs: int | None, target_size: int = 128, ref
     return generate_exact(EVAL_SEED, index, "heldout", world, num_refs)
 
 
-def synthetic_cases(count: int, side: int, token_size: int) -> list:
-    return [heldout_sample(i, 1 + i % MAX_REFERENCES, side, side // 2, token_size) for i in range(count)]
+def synthetic_cases(count: int, side: int, token_size: int, ref_side: int | None = None) -> list:
+    """The first `count` held-out cases; references at `ref_side` (None: side // 2)."""
+    ref = side // 2 if ref_side is None else ref_side
+    return [heldout_sample(i, 1 + i % MAX_REFERENCES, side, ref, token_size) for i in range(count)]
 
 
 @torch.no_grad()
@@ -205,6 +222,7 @@ def generate(pipe, prompt: str, references: list[Image.Image], settings: Setting
         width=settings.side,
         num_inference_steps=settings.steps,
         guidance_scale=settings.guidance,
+        reference_size=settings.reference_side,
         generator=torch.Generator().manual_seed(seed),
         reference_cache=settings.reference_cache,
     ).images[0]
@@ -298,10 +316,12 @@ class Evaluator:
         return record
 
 
-def load_cases(benchmark: str, count: int, side: int, token_size: int, root: str | None):
-    """(kind, cases) for `synthetic` or `dreambench:DIR`, `uno:JSON`, `xversebench:JSON`."""
+def load_cases(benchmark: str, count: int, side: int, token_size: int, root: str | None, ref_side: int | None = None):
+    """(kind, cases) for `synthetic` (references at `ref_side`, None: side // 2) or
+    `dreambench:DIR`, `uno:JSON`, `xversebench:JSON` (their own images; ref_side applies at
+    generation)."""
     if benchmark == "synthetic":
-        return "synthetic", synthetic_cases(count, side, token_size)
+        return "synthetic", synthetic_cases(count, side, token_size, ref_side=ref_side)
     from mosaic_studio.evaluation import benchmark_sets
 
     kind, sep, path = benchmark.partition(":")
@@ -348,7 +368,12 @@ def evaluate(
 ) -> dict:
     """Run (or resume) every case; returns the summary and writes the report files."""
     kind, cases = load_cases(
-        settings.benchmark, settings.cases, settings.side, getattr(pipe, "pixels_per_token", 8), root
+        settings.benchmark,
+        settings.cases,
+        settings.side,
+        getattr(pipe, "pixels_per_token", 8),
+        root,
+        ref_side=settings.ref_side,
     )
     if kind == "published" and scorer is None:
         raise ValueError("a published benchmark needs a PublishedScorer (CLIP and DINO models)")
@@ -403,6 +428,11 @@ def main(argv=None) -> None:
     parser.add_argument("--cases", type=int, default=defaults.cases)
     parser.add_argument("--side", type=int, help=f"image side (synthetic: {defaults.side}; else the model's usual)")
     parser.add_argument(
+        "--ref-side",
+        type=int,
+        help="reference side the cases are built and generated at (synthetic: side // 2; else the model's usual)",
+    )
+    parser.add_argument(
         "--steps", type=int, help=f"denoising steps (synthetic: {defaults.steps}; else the model's usual)"
     )
     parser.add_argument(
@@ -444,6 +474,7 @@ def main(argv=None) -> None:
         args.diversity_every,
         args.oracle,
         reference_cache=args.reference_cache,
+        ref_side=args.ref_side,
     )
     distance = LpipsDistance(device=args.device) if args.lpips else FeatureDistance.from_vae(pipe.vae)
     scorer = None

@@ -2,8 +2,9 @@
 
     <out>/ablation/RESULTS.md            tables: Table-4 analogue, per subject count, paired
                                          differences against "none" with 95% bootstrap intervals,
-                                         the P_k sweep, wall times
-    <out>/ablation/summary.json          every row's summary and the timings
+                                         the P_k sweep (at its own size, against its own P_k = 150
+                                         anchor, with the points a reference can give), wall times
+    <out>/ablation/summary.json          every row's summary, the timings and the sweep's size
     <out>/ablation/metrics_vs_subjects.png, pk_sweep.png, training_losses.png, attention.png,
                                          generations.png
     <out>/ablation/logs/<variant>.csv    each variant's training log
@@ -30,14 +31,16 @@ import torch
 
 from mosaic_studio.evaluation.evaluate import EVAL_SEED, heldout_sample, probe_points
 from mosaic_studio.evaluation.report import METRICS, markdown_by_subjects, markdown_table, plot_by_subjects, summarise
+from mosaic_studio.mosaic.data.semalign import MAX_REFERENCES
 from mosaic_studio.mosaic.loading import load_pipeline
-from mosaic_studio.train.data import collate
+from mosaic_studio.train.data import collate, drawable_points
 
 BOOTSTRAP = 2000
 COMPARED = ("fidelity", "fidelity_gain", "presence", "leakage", "adherence", "pck", "diversity")
 BY_SUBJECTS = ("fidelity_gain", "presence", "leakage", "pck")
 SWEPT = ("fidelity_gain", "presence", "leakage", "pck")
 ATTENTION_CASE = 2  # held-out case index shown in attention.png (3 subjects)
+DRAWABLE_SCENES = 300  # held-out scenes (50 per subject count) the sweep's drawable points are counted on
 
 
 def evaluated(runs: Path, name: str) -> bool:
@@ -111,11 +114,9 @@ def plot_sweep(evaluations: dict[str, dict], points: dict[str, int], path: Path)
     names = sorted(points, key=points.get)
     fig, axes = plt.subplots(1, len(SWEPT), figsize=(3.4 * len(SWEPT), 2.9))
     for ax, metric in zip(axes, SWEPT):
-        ax.plot(
-            [points[n] for n in names],
-            [evaluations[n]["summary"]["overall"][metric]["mean"] for n in names],
-            marker="o",
-        )
+        # A metric no case of a row defines (leakage needs a subject to be present) is a gap.
+        means = [evaluations[n]["summary"]["overall"].get(metric, {}).get("mean") for n in names]
+        ax.plot([points[n] for n in names], [np.nan if m is None else m for m in means], marker="o")
         ax.set_title(METRICS[metric][0], fontsize=9)
         ax.set_xlabel("P_k (points per reference)")
         ax.grid(alpha=0.3)
@@ -177,6 +178,66 @@ def plot_attention(models: dict[str, str], path: Path) -> None:
     plt.close(fig)
 
 
+def drawable_point_stats(
+    target_size: int, ref_size: int, token_size: int, points, scenes: int = DRAWABLE_SCENES
+) -> dict:
+    """How many correspondences a reference can give (train.data.drawable_points) over `scenes`
+    held-out scenes at these sizes: median, 10th/90th percentile, max, and for each P_k in
+    `points` the share of references whose every point it draws."""
+    counts = np.array(
+        [
+            n
+            for i in range(scenes)
+            for n in drawable_points(
+                heldout_sample(i, 1 + i % MAX_REFERENCES, target_size, ref_size, token_size), token_size
+            )
+        ]
+    )
+    p10, median, p90 = np.percentile(counts, [10, 50, 90])
+    return {
+        "references": len(counts),
+        "median": float(median),
+        "p10": float(p10),
+        "p90": float(p90),
+        "max": int(counts.max()),
+        "all_drawn": {int(p): float(np.mean(counts <= p)) for p in points},
+    }
+
+
+def sweep_section(evaluations: dict[str, dict], sweep, folder: Path, token_size: int) -> tuple[list[str], dict]:
+    """RESULTS.md's P_k sweep part and its summary.json entry. `sweep`: the evaluated sweep
+    variants (ablate.Variant), all at one size, its P_k = 150 anchor among them. They are compared
+    with that anchor only: the loss rows trained and were evaluated at another size."""
+    anchor = next(v for v in sweep if v.is_sweep_anchor)
+    target_size, ref_size = anchor.sizes
+    points = {v.name: v.points for v in sweep}
+    # Sweep rows may cover fewer cases: every row is summarised on the cases all of them ran.
+    common = min(len(evaluations[n]["records"]) for n in points)
+    swept = {n: {**evaluations[n], "summary": summarise(evaluations[n]["records"][:common])} for n in points}
+    plot_sweep(swept, points, folder / "pk_sweep.png")
+    ordered = sorted(points, key=points.get)
+    stats = drawable_point_stats(target_size, ref_size, token_size, sorted(points.values()))
+    shares = ", ".join(f"P_k = {p}: {share:.1%}" for p, share in stats["all_drawn"].items())
+    parts = [
+        "## P_k sweep (both losses)\n",
+        f"Every sweep row trained and was evaluated at **{target_size} px targets with {ref_size} px references** "
+        f"({token_size} px per token), not at the loss rows' size, so the sweep rows are compared among "
+        f"themselves; P_k = {anchor.points} is `{anchor.name}`, trained at this size. Attention PCK@1's "
+        f"chance level is about {9 / (target_size // token_size) ** 2:.3f} here (3 × 3 of "
+        f"{(target_size // token_size) ** 2} target tokens).\n",
+        "The sampler draws at most one point per target token a subject owns. At this size a reference has a "
+        f"**median of {stats['median']:.0f} drawable points** (10th-90th percentile {stats['p10']:.0f}-"
+        f"{stats['p90']:.0f}, at most {stats['max']}; {stats['references']} references of {DRAWABLE_SCENES} "
+        f"held-out scenes). Share of the references of which P_k draws every point: {shares}.\n",
+        f"The first {common} cases, the same for every row.\n",
+        markdown_table({f"P_k={points[n]}": swept[n]["summary"] for n in ordered}, list(SWEPT)),
+        "",
+        differences_table(swept, anchor.name, [n for n in ordered if n != anchor.name]),
+        "",
+    ]
+    return parts, {"target_size": target_size, "ref_size": ref_size, "anchor": anchor.name, "drawable": stats}
+
+
 def wall_table(timings: dict) -> str:
     """Per-job minutes (each job ran on one torch thread, `--jobs` at a time) and each
     invocation's wall time."""
@@ -197,14 +258,12 @@ def write_report(runs: Path, out: Path, variants, base: str, timings: dict) -> P
     `ablate.collect_timings(runs)`."""
     folder = out / "ablation"
     (folder / "logs").mkdir(parents=True, exist_ok=True)
-    loss_rows = [v.name for v in variants if not v.name.startswith("both_p")]
+    loss_rows = [v.name for v in variants if not v.in_sweep]
     names = ["oracle", *loss_rows]  # required; the base and sweep rows are reported when evaluated
     names += [n for n in ["base", *(v.name for v in variants if v.name not in loss_rows)] if evaluated(runs, n)]
     evaluations = {name: load_evaluation(runs, name) for name in names}
     summaries = {name: evaluations[name]["summary"] for name in names}
-    sweep = {
-        v.name: v.points for v in variants if v.name in names and (v.name.startswith("both_p") or v.name == "both")
-    }
+    sweep = [v for v in variants if v.in_sweep and v.name in names]
     for v in variants:
         shutil.copyfile(runs / v.name / "log.csv", folder / "logs" / f"{v.name}.csv")
     (folder / "records").mkdir(exist_ok=True)
@@ -236,22 +295,13 @@ def write_report(runs: Path, out: Path, variants, base: str, timings: dict) -> P
         "## By number of subjects\n",
         *[markdown_by_subjects({n: summaries[n] for n in table_rows}, m) + "\n" for m in BY_SUBJECTS],
     ]
-    if len(sweep) > 1:
-        # Sweep rows may cover fewer cases: every row is summarised on the cases all of them ran.
-        common = min(len(evaluations[n]["records"]) for n in sweep)
-        swept = {n: {**evaluations[n], "summary": summarise(evaluations[n]["records"][:common])} for n in sweep}
-        plot_sweep(swept, sweep, folder / "pk_sweep.png")
-        ordered = sorted(sweep, key=sweep.get)
-        parts += [
-            "## P_k sweep (both losses)\n",
-            f"The first {common} cases, the same for every row.\n",
-            markdown_table({f"P_k={sweep[n]}": swept[n]["summary"] for n in ordered}, list(SWEPT)),
-            "",
-            differences_table(swept, "both", [n for n in ordered if n != "both"]),
-            "",
-        ]
+    report = {"summaries": summaries, "timings": timings}
+    if len(sweep) > 1 and any(v.is_sweep_anchor for v in sweep):
+        token_size = load_pipeline(base, lora=None, device="cpu").pixels_per_token
+        sweep_parts, report["sweep"] = sweep_section(evaluations, sweep, folder, token_size)
+        parts += sweep_parts
     parts += ["## Wall time (minutes)\n", wall_table(timings), ""]
-    (folder / "summary.json").write_text(json.dumps({"summaries": summaries, "timings": timings}, indent=2))
+    (folder / "summary.json").write_text(json.dumps(report, indent=2))
     results = folder / "RESULTS.md"
     results.write_text("\n".join(parts))
     return results

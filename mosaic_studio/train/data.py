@@ -77,6 +77,14 @@ def correspondence_indices(samples: list[Sample], points: int, token_size: int, 
     return tuple(torch.from_numpy(a) for a in (rows, tgt, ref, valid))
 
 
+def drawable_points(sample: Sample, token_size: int) -> list[int]:
+    """Per reference, the most correspondences `correspondence_indices` can draw for it: one per
+    target token among its stored points, so any P_k at or above this draws the same points.
+    The target's token grid alone sets it; the reference's size does not."""
+    unbounded = max(len(r.target_points) for r in sample.references)  # never subsampled: no rng draw
+    return [len(v) for _, v in sample_points(sample, unbounded, np.random.default_rng(0), token_size=token_size)]
+
+
 def collate(
     samples: list[Sample], captions: list[str], points: int, token_size: int, rng, with_references: bool = True
 ) -> Batch:
