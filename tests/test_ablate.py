@@ -123,7 +123,8 @@ def test_sweep_rows_are_evaluated_and_reported_at_their_size(sweep_runs, tmp_pat
     runs, sweep = sweep_runs
     names = [v.name for v in sweep]
     jobs = [j for j in ablate.evaluation_jobs(sweep, runs, str(DEFAULT_MODEL_DIR), sweep_cases=2) if j[0] in names]
-    ablate.evaluate_all(jobs, runs, cases=4, workers=2, extra=["--steps", "1"])
+    # Options for every row come first: a row's own size wins over them.
+    ablate.evaluate_all(jobs, runs, cases=4, workers=2, extra=["--steps", "1", "--ref-side", "48"])
     for name in names:
         settings = json.loads((runs / name / "eval" / "settings.json").read_text())
         assert (settings["side"], settings["ref_side"], settings["cases"]) == (128, 32, 2)

@@ -4,13 +4,13 @@
     python -m mosaic_studio.experiments.ablate --phase train  # only the LoRAs (resumable: rerun after a stop)
     python -m mosaic_studio.experiments.ablate --phase evaluate  # evaluate (resumable) and write the report
     python -m mosaic_studio.experiments.ablate --no-sweep --steps 100 --cases 24 --runs runs/ablation-quick  # quick
-    python -m mosaic_studio.experiments.ablate --sweep-size 192 --sweep-points 5,10,25,50  # a cheaper sweep
+    python -m mosaic_studio.experiments.ablate --sweep-size 256 --sweep-points 10,25,50,100  # ~8x a loss row per step
 
 Every variant is the default LoRA stage (mosaic_studio/train/configs/default_lora.yaml) from the same base
 (the embedded default's transformer, its LoRA ignored), the same world seed (so the same
 batches, noise and LoRA init) and the same number of steps; only the loss weights (α, β) or
 P_k differ. The P_k sweep's rows, its own P_k = 150 anchor among them, train and are evaluated
-at `--sweep-size` px targets (default 256, references at half of it), where P_k changes the
+at `--sweep-size` px targets (default 192, references at half of it), where P_k changes the
 points drawn (at the loss rows' 128 px, P_k = 50 already draws every point of 98.5 % of the
 references; see SWEEP_POINTS); they are compared among themselves, not with the loss rows.
 Each variant trains in its own process (`--jobs` at a time, one torch thread each), checkpoints
@@ -79,11 +79,13 @@ LOSS_VARIANTS = (
 # P_k ≥ 100 trained bit-identically, and 50 drew every point of 98.5 % of the references. At 256 px
 # targets (32 × 32 tokens) the median is 39 (10th-90th percentile 22-79): P_k = 10 draws a subset
 # of nearly every reference, 25 of 81 %, 50 of 30 %, 100 of 5 %, and 150 (the anchor) draws every
-# point of 99.5 %. The paper's 200 would repeat 150.
-# Reaching its 50-200 range unsaturated needs about 512 px targets, far beyond this CPU's budget
-# (256 px already costs ~8× the loss rows per step). References at half the target, as in training.
-SWEEP_POINTS = (10, 25, 50, 100)
-SWEEP_SIZE = 256
+# point of 99.5 %. The paper's 200 would repeat 150. At 192 px (24 × 24 tokens), the default, the
+# median is 25 (14-50): P_k = 5 and 10 draw subsets of nearly every reference, 25 of about half,
+# 50 of 10 %, at ~3× a loss row's step cost where 256 px costs ~8× (measured, one thread each).
+# Reaching the paper's 50-200 range unsaturated needs about 512 px targets, far beyond this CPU's
+# budget. References at half the target, as in training.
+SWEEP_POINTS = (5, 10, 25, 50)
+SWEEP_SIZE = 192
 
 
 def sweep_variants(points=SWEEP_POINTS, size: int = SWEEP_SIZE, ref_size: int | None = None) -> tuple[Variant, ...]:
@@ -230,10 +232,12 @@ def evaluation_jobs(variants, runs: Path, base: str, sweep_cases: int = 0) -> li
 
 
 def evaluate_all(jobs, runs: Path, cases: int, workers: int, extra=()) -> None:
+    """`extra`: options for every row; a job's own come after them and win (argparse keeps the
+    last), so `--evaluate-args` cannot move a sweep row off the size it trained at."""
     began = time.time()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for job, minutes in zip(
-            jobs, pool.map(lambda j: evaluate_variant(j[0], j[1], runs, cases, [*j[2], *extra]), jobs)
+            jobs, pool.map(lambda j: evaluate_variant(j[0], j[1], runs, cases, [*extra, *j[2]]), jobs)
         ):
             _add_minutes(runs / job[0] / "eval_minutes.txt", minutes)
     _log_phase(runs, "evaluate", began, [j[0] for j in jobs])
