@@ -70,7 +70,9 @@ def pck(pipe, config, num_samples: int) -> dict:
 
 
 @torch.no_grad()
-def grid(pipe, config, out: Path, steps: int, guidance: float) -> None:
+def grid(pipe, config, out: Path, steps: int | None, guidance: float | None) -> None:
+    """References | generation | true target for held-out scenes of 1, 2, 3, 4 and 6 subjects;
+    steps and guidance None: the model's native ones (`MosaicPipeline.native_settings`)."""
     side = config.data.target_size
     rows = []
     for k in GRID_COUNTS:
@@ -101,8 +103,8 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", default="runs/default")
     parser.add_argument("--out", default="docs")
     parser.add_argument("--samples", type=int, default=120)
-    parser.add_argument("--steps", type=int, default=28)
-    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--steps", type=int, help="grid denoising steps (default: the model's native ones)")
+    parser.add_argument("--guidance", type=float, help="grid guidance (default: the model's native one)")
     args = parser.parse_args(argv)
     out, runs = Path(args.out), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
