@@ -109,4 +109,5 @@ def test_generate_tab_settings_sizes_errors_and_preview(tmp_path, capfd):
         page.locator("#references button[aria-label='Clear']").first.click()
         page.locator("#references input[type=file]").set_input_files([str(bad)])
         expect(page.locator(".toast-body")).to_have_count(1)
-        assert page.evaluate(ERROR_BADGES) >= 1
+        # the badge is drawn a moment after the toast: wait for it rather than look once
+        page.wait_for_function(f"({ERROR_BADGES})() >= 1", timeout=5000)
