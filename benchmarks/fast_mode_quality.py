@@ -25,8 +25,9 @@ import torch
 
 from mosaic_studio import DEFAULT_MODEL_DIR
 from mosaic_studio.evaluation import evaluate as ev
+from mosaic_studio.evaluation.intervals import BOOTSTRAP_DRAWS
 from mosaic_studio.evaluation.report import METRICS
-from mosaic_studio.experiments.ablation_report import BOOTSTRAP, paired_difference
+from mosaic_studio.experiments.ablation_report import paired_difference
 
 COMPARED = ("fidelity_gain", "presence", "pck")
 MODES = ("exact", "fast")
@@ -122,7 +123,7 @@ def write_report(out: Path, evaluations: dict[str, dict], model: str, sites: lis
         f"synthetic cases, the same cases and generation seeds in both modes ({shown}). Exact: the group "
         "mask the model was trained with; fast: `reference_cache=True` (references attend to themselves "
         "only, their keys and values computed once). Differences are paired over cases, 95 % bootstrap "
-        f"intervals ({BOOTSTRAP} resamples, fixed seed).\n",
+        f"intervals ({BOOTSTRAP_DRAWS} resamples, fixed seed).\n",
     ]
     for metric in metrics:
         parts += [f"## {METRICS[metric][0]}\n", markdown(comparison[metric], metric), ""]

@@ -2,7 +2,8 @@
 
 A record is one case's dict of metric values (None where a metric is undefined for it). A
 summary averages each metric over the cases where it is defined, overall and per number of
-subjects, and keeps the count of those cases so a table can say what a mean rests on.
+subjects, with the 95 % bootstrap interval of that mean (evaluation.intervals), and keeps the
+count of those cases so a table can say what a mean rests on.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+from mosaic_studio.evaluation.intervals import bootstrap_interval
 
 # Metric key → (label, higher is better). Order is the tables' column order.
 METRICS = {
@@ -33,11 +36,13 @@ METRICS = {
 
 
 def _mean(values: list[float]) -> dict:
-    return {"mean": sum(values) / len(values) if values else None, "n": len(values)}
+    """{"mean", "ci95": [low, high], "n"}; the interval needs two values, so one gives None."""
+    mean = sum(values) / len(values) if values else None
+    return {"mean": mean, "ci95": list(bootstrap_interval(values)) if len(values) > 1 else None, "n": len(values)}
 
 
 def summarise(records: list[dict]) -> dict:
-    """{"overall": {metric: {"mean", "n"}}, "by_subjects": {k: {metric: {...}}}} for the metrics
+    """{"overall": {metric: {"mean", "ci95", "n"}}, "by_subjects": {k: {metric: {...}}}} for the metrics
     that at least one record defines."""
     present = [m for m in METRICS if any(r.get(m) is not None for r in records)]
     groups: dict[int, list[dict]] = defaultdict(list)
@@ -51,8 +56,11 @@ def summarise(records: list[dict]) -> dict:
     }
 
 
-def _cell(entry: dict | None) -> str:
-    return "–" if not entry or entry["mean"] is None else f"{entry['mean']:.3f}"
+def _cell(entry: dict | None, interval: bool = False) -> str:
+    if not entry or entry["mean"] is None:
+        return "–"
+    ci = entry.get("ci95") if interval else None
+    return f"{entry['mean']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def markdown_table(summaries: dict[str, dict], metrics: list[str] | None = None) -> str:
@@ -67,7 +75,8 @@ def markdown_table(summaries: dict[str, dict], metrics: list[str] | None = None)
 
 
 def markdown_by_subjects(summaries: dict[str, dict], metric: str) -> str:
-    """One row per named summary, one column per number of subjects, for one metric."""
+    """One row per named summary, one column per number of subjects, for one metric: each
+    cell the mean and its 95 % interval, "mean [low, high]"."""
     counts = sorted({int(k) for s in summaries.values() for k in s["by_subjects"]})
     rows = [
         f"| {METRICS[metric][0]} | " + " | ".join(f"K={k}" for k in counts) + " |",
@@ -75,12 +84,13 @@ def markdown_by_subjects(summaries: dict[str, dict], metric: str) -> str:
     ]
     for name, summary in summaries.items():
         by = {int(k): v for k, v in summary["by_subjects"].items()}
-        rows.append(f"| {name} | " + " | ".join(_cell(by.get(k, {}).get(metric)) for k in counts) + " |")
+        rows.append(f"| {name} | " + " | ".join(_cell(by.get(k, {}).get(metric), interval=True) for k in counts) + " |")
     return "\n".join(rows)
 
 
 def plot_by_subjects(summaries: dict[str, dict], path, metrics: list[str] | None = None, title: str = "") -> None:
-    """One panel per metric: its mean against the number of subjects, a line per summary."""
+    """One panel per metric: its mean against the number of subjects with its 95 % interval,
+    a line per summary."""
     metrics = metrics or [m for m in METRICS if any(m in s["overall"] for s in summaries.values())]
     columns = min(4, len(metrics))
     rows = math.ceil(len(metrics) / columns)
@@ -88,12 +98,17 @@ def plot_by_subjects(summaries: dict[str, dict], path, metrics: list[str] | None
     for ax, metric in zip(axes.flat, metrics):
         for i, (name, summary) in enumerate(summaries.items()):  # a fixed colour per row in every panel
             by = sorted(
-                (int(k), v[metric]["mean"])
+                (int(k), v[metric])
                 for k, v in summary["by_subjects"].items()
                 if metric in v and v[metric]["mean"] is not None
             )
             if by:
-                ax.plot(*zip(*by), marker="o", label=name, color=f"C{i}")
+                ks, entries = zip(*by)
+                means = [e["mean"] for e in entries]
+                # the 95 % interval as an error bar; a single case has none
+                spans = [(e["ci95"] or [e["mean"]] * 2) for e in entries]
+                errors = [[m - lo for m, (lo, _) in zip(means, spans)], [hi - m for m, (_, hi) in zip(means, spans)]]
+                ax.errorbar(ks, means, yerr=errors, marker="o", capsize=3, label=name, color=f"C{i}")
         label, higher = METRICS[metric]
         ax.set_title(f"{label} ({'higher' if higher else 'lower'} is better)", fontsize=9)
         ax.set_xlabel("subjects")

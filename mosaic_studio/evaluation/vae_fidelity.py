@@ -25,10 +25,8 @@ from safetensors.torch import load_file
 
 from mosaic_studio import DEFAULT_MODEL_DIR
 from mosaic_studio.evaluation.evaluate import heldout_sample
+from mosaic_studio.evaluation.intervals import bootstrap_interval
 from mosaic_studio.train.data import to_pixels
-
-BOOTSTRAP_DRAWS = 2000
-_BOOTSTRAP_SEED = 0
 
 
 def psnr(reconstruction: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
@@ -47,9 +45,7 @@ def reconstruct(vae: AutoencoderKL, pixels: torch.Tensor, batch: int = 16) -> to
 def summary(values: list[float]) -> dict:
     """Mean, 95 % bootstrap interval of the mean, minimum and count."""
     array = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(_BOOTSTRAP_SEED)
-    means = rng.choice(array, size=(BOOTSTRAP_DRAWS, len(array))).mean(1)
-    low, high = np.percentile(means, [2.5, 97.5])
+    low, high = bootstrap_interval(array)
     return {
         "mean": round(float(array.mean()), 2),
         "ci95": [round(float(low), 2), round(float(high), 2)],

@@ -11,7 +11,7 @@
     <out>/ablation/records/<row>.jsonl.gz  every case's metrics, per row
 
 Differences are paired: every row ran the same cases with the same generation seeds, so the
-interval is over cases of the per-case difference (BOOTSTRAP resamples, fixed seed).
+interval is over cases of the per-case difference (evaluation.intervals: BOOTSTRAP_DRAWS resamples, fixed seed).
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from mosaic_studio.evaluation.evaluate import EVAL_SEED, heldout_sample, probe_points
+from mosaic_studio.evaluation.intervals import bootstrap_interval
 from mosaic_studio.evaluation.report import METRICS, markdown_by_subjects, markdown_table, plot_by_subjects, summarise
 from mosaic_studio.mosaic.data.semalign import MAX_REFERENCES
 from mosaic_studio.mosaic.loading import load_pipeline
 from mosaic_studio.train.data import collate, drawable_points
 
-BOOTSTRAP = 2000
 COMPARED = ("fidelity", "fidelity_gain", "presence", "leakage", "adherence", "pck", "diversity")
 BY_SUBJECTS = ("fidelity_gain", "presence", "leakage", "pck")
 SWEPT = ("fidelity_gain", "presence", "leakage", "pck")
@@ -62,9 +62,7 @@ def paired_difference(a: list[dict], b: list[dict], metric: str, seed: int = 0) 
     if len(pairs) < 2:
         return None
     diff = np.array([x - y for x, y in pairs])
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), (BOOTSTRAP, len(diff)))].mean(axis=1)
-    low, high = np.quantile(means, [0.025, 0.975])
+    low, high = bootstrap_interval(diff, seed=seed)
     return {"mean": float(diff.mean()), "low": float(low), "high": float(high), "n": len(diff)}
 
 
