@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from mosaic_studio import DEFAULT_MODEL_DIR
+from mosaic_studio.evaluation.report import shown_path
 from mosaic_studio.mosaic.loading import load_pipeline
 from mosaic_studio.world.synthetic import WorldConfig, generate_sample
 
@@ -69,7 +70,7 @@ def main(argv=None) -> None:
             best[setting] = min(best[setting], call(*setting))
 
     print(
-        f"{args.model}: {native.width}×{native.height} px, references {native.reference_size} px, "
+        f"{shown_path(args.model)}: {native.width}×{native.height} px, references {native.reference_size} px, "
         f"{native.num_inference_steps} steps, guidance {native.guidance_scale}; "
         f"{torch.get_num_threads()} threads; best of {args.repeats}"
     )

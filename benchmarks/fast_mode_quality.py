@@ -26,7 +26,7 @@ import torch
 from mosaic_studio import DEFAULT_MODEL_DIR
 from mosaic_studio.evaluation import evaluate as ev
 from mosaic_studio.evaluation.intervals import BOOTSTRAP_DRAWS
-from mosaic_studio.evaluation.report import METRICS
+from mosaic_studio.evaluation.report import METRICS, shown_path
 from mosaic_studio.experiments.ablation_report import paired_difference
 
 COMPARED = ("fidelity_gain", "presence", "pck")
@@ -160,7 +160,7 @@ def main(argv=None) -> Path:
     pipe.set_progress_bar_config(disable=True)
     settings = ev.Settings(cases=args.cases, steps=args.steps, diversity_every=0)
     out = Path(args.out)
-    path = write_report(out, evaluate_both(pipe, settings, out), args.model, ev.probe_sites(pipe))
+    path = write_report(out, evaluate_both(pipe, settings, out), shown_path(args.model), ev.probe_sites(pipe))
     print(path.read_text())
     return path
 

@@ -1,7 +1,8 @@
 """Screenshots of the app for the README: the served app with the embedded default model,
 driven in Debian's chromium (headless, Playwright), saved as docs/app-<tab>.png.
 
-    python docs/screenshots.py                      # generate, attention and annotate
+    python docs/screenshots.py                      # generate, attention and annotate: the bundled
+                                                    # 3-subject example at the model's native settings
     python docs/screenshots.py --tabs attention     # only docs/app-attention.png
 
 Needs /usr/bin/chromium (apt-get install chromium) and the playwright package; a minute or two
@@ -30,7 +31,6 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 VIEWPORT = {"width": 1400, "height": 1000}
 TABS = ("generate", "attention", "annotate")
-PROMPT = "a person, a robed figure and a chest on a plain background"
 TIMEOUT_MS = 300_000  # a CPU generation on a busy machine
 
 
@@ -50,12 +50,16 @@ def choose(page, dropdown: str, label: str) -> None:
     page.get_by_role("option", name=label, exact=True).click()
 
 
-def generate(page, references: list[str], steps: int, side: int) -> None:
-    page.locator("#references input[type=file]").set_input_files(references)
-    expect(page.locator("#reference-preview img")).to_have_count(len(references))
-    page.locator("#prompt textarea").fill(PROMPT)
-    page.locator("#steps input[type=number]").fill(str(steps))
-    for label in ("Width", "Height"):
+def generate(page, example, steps: int | None, side: int | None) -> None:
+    """The bundled example's references, caption and seed; steps and side None: the controls as
+    they open, at the model's native settings (what a newcomer's first click gets)."""
+    page.locator("#references input[type=file]").set_input_files(list(example.references))
+    expect(page.locator("#reference-preview img")).to_have_count(len(example.references))
+    page.locator("#prompt textarea").fill(example.prompt)
+    page.locator("#seed input").fill(str(example.seed))
+    if steps is not None:
+        page.locator("#steps input[type=number]").fill(str(steps))
+    for label in ("Width", "Height") if side is not None else ():
         page.get_by_label(label, exact=True).fill(str(side))
     page.locator("#generate").click()
     expect(page.locator("#gallery img").first).to_be_visible()
@@ -110,12 +114,12 @@ def annotate(page) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tabs", nargs="+", choices=TABS, default=list(TABS))
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--side", type=int, default=256, help="generated image side in pixels (legible maps)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the model's native ones)")
+    parser.add_argument("--side", type=int, help="generated image side in pixels (default: the model's native one)")
     parser.add_argument("--out", type=Path, default=DOCS)
     args = parser.parse_args()
 
-    references = list(max(load_examples(), key=lambda e: len(e.references)).references[:3])
+    example = next(e for e in load_examples() if len(e.references) == 3)
     expect.set_options(timeout=TIMEOUT_MS)
     with tempfile.TemporaryDirectory() as folder:
         demo = build_demo(
@@ -130,7 +134,7 @@ def main() -> None:
             page.goto(url)
             # each tab's state follows from the one before: Annotate opens what Attention sends
             actions = {
-                "generate": functools.partial(generate, references=references, steps=args.steps, side=args.side),
+                "generate": functools.partial(generate, example=example, steps=args.steps, side=args.side),
                 "attention": inspect_attention,
                 "annotate": annotate,
             }

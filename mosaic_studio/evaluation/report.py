@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from pathlib import Path
 
 import matplotlib
 
@@ -33,6 +34,16 @@ METRICS = {
     "clip_t": ("CLIP-T", True),
     "dino": ("DINO", True),
 }
+
+
+def shown_path(path) -> str:
+    """`path` as a committed report prints it: relative to the working directory when it lies
+    inside it (the default model's folder is absolute, and no machine's absolute path belongs in
+    a report), else as given (a hub id, a folder elsewhere)."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _mean(values: list[float]) -> dict:

@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from mosaic_studio import DEFAULT_MODEL_DIR
 from mosaic_studio.evaluation.evaluate import heldout_sample
 from mosaic_studio.evaluation.intervals import bootstrap_interval
+from mosaic_studio.evaluation.report import shown_path
 from mosaic_studio.train.data import to_pixels
 
 
@@ -100,7 +101,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", help="write the report here as JSON")
     args = parser.parse_args(argv)
     report = {
-        "model": args.model,
+        "model": shown_path(args.model),
         "weights": args.weights,
         **vae_fidelity(load_vae(args.model, args.weights), args.count),
     }
