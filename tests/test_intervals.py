@@ -37,3 +37,14 @@ def test_report_gives_each_subject_count_its_interval():
     low, high = one["ci95"]
     table = markdown_by_subjects({"model": summary}, "presence")
     assert f"| model | 0.500 [{low:.3f}, {high:.3f}] | 0.500 |" in table
+
+
+def test_a_summary_saved_before_intervals_still_plots(tmp_path):
+    """An ablation's older rows were summarised without "ci95": they plot without error bars."""
+    from mosaic_studio.evaluation.report import plot_by_subjects
+
+    older = {"cases": 2, "overall": {"presence": {"mean": 0.5, "n": 2}}}
+    older["by_subjects"] = {"1": {"presence": {"mean": 0.5, "n": 2}}}
+    current = summarise([{"subjects": 1, "presence": p} for p in (0.0, 1.0, 1.0)])
+    plot_by_subjects({"older": older, "current": current}, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0

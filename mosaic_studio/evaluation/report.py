@@ -116,8 +116,9 @@ def plot_by_subjects(summaries: dict[str, dict], path, metrics: list[str] | None
             if by:
                 ks, entries = zip(*by)
                 means = [e["mean"] for e in entries]
-                # the 95 % interval as an error bar; a single case has none
-                spans = [(e["ci95"] or [e["mean"]] * 2) for e in entries]
+                # the 95 % interval as an error bar; a single case has none, nor a summary saved
+                # before reports had intervals (an ablation's older rows)
+                spans = [(e.get("ci95") or [e["mean"]] * 2) for e in entries]
                 errors = [[m - lo for m, (lo, _) in zip(means, spans)], [hi - m for m, (_, hi) in zip(means, spans)]]
                 ax.errorbar(ks, means, yerr=errors, marker="o", capsize=3, label=name, color=f"C{i}")
         label, higher = METRICS[metric]
