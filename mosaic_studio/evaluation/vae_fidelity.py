@@ -49,7 +49,7 @@ def summary(values: list[float]) -> dict:
     low, high = bootstrap_interval(array)
     return {
         "mean": round(float(array.mean()), 2),
-        "ci95": [round(float(low), 2), round(float(high), 2)],
+        "ci95": [round(low, 2), round(high, 2)],
         "min": round(float(array.min()), 2),
         "n": len(array),
     }

@@ -63,7 +63,7 @@ def paired_difference(a: list[dict], b: list[dict], metric: str, seed: int = 0) 
         return None
     diff = np.array([x - y for x, y in pairs])
     low, high = bootstrap_interval(diff, seed=seed)
-    return {"mean": float(diff.mean()), "low": float(low), "high": float(high), "n": len(diff)}
+    return {"mean": float(diff.mean()), "low": low, "high": high, "n": len(diff)}
 
 
 def differences_table(evaluations: dict[str, dict], baseline: str, rows: list[str]) -> str:
