@@ -33,6 +33,8 @@ def test_ablation_trains_four_variants_and_reports(tmp_path):
         "2",
         "--cases",
         "2",
+        "--benefit-cases",
+        "6",
         "--evaluate-args=--steps 1 --seeds 2 --diversity-every 1",
         *TOY_OVERRIDES,
     ]
@@ -63,12 +65,19 @@ def test_ablation_trains_four_variants_and_reports(tmp_path):
     assert set(summary["timings"]["train"]) == {"none", "scal", "mdl", "both"}
     assert set(summary["timings"]["evaluate"]) == {"oracle", "base", "none", "scal", "mdl", "both"}
     assert "all invocations" in results
+    # Each loss row and the base: how much its references lower the loss, per noise level.
+    assert "How much the references lower" in results
+    assert set(summary["reference_benefit"]) == {"base", "none", "scal", "mdl", "both"}
+    base_benefit = summary["reference_benefit"]["base"]
+    assert base_benefit["lora"] == "none" and base_benefit["cases"] == 6
+    measured = {name: (runs / name / "reference_benefit.json").stat().st_mtime for name in summary["reference_benefit"]}
 
     # A second run finds everything done: nothing trains or evaluates again.
     ablate.main(argv)
     again = ablate.collect_timings(runs)
     assert again["train"] == summary["timings"]["train"] and again["evaluate"] == summary["timings"]["evaluate"]
     assert [p["phase"] for p in again["phases"]] == ["train", "evaluate", "train", "evaluate"]
+    assert {name: (runs / name / "reference_benefit.json").stat().st_mtime for name in measured} == measured
 
 
 def test_paired_difference_is_the_mean_of_per_case_differences():

@@ -177,3 +177,31 @@ def test_base_stage_with_references_trains_the_base_through_them():
     changed, _ = stage.loss(pipe, module, batch, torch.Generator().manual_seed(0), step=0)
     assert not torch.isclose(loss.detach(), changed.detach())
     assert all(p.grad is not None for p in module.x_embedder.parameters())
+
+
+@pytest.mark.parametrize("stage_name", ["base", "lora"])
+def test_mode_targets_are_the_posterior_mode_and_sampled_targets_are_not(stage_name):
+    from mosaic_studio.mosaic.latents import encode_latents
+    from mosaic_studio.mosaic.pipeline import MosaicPipeline
+    from mosaic_studio.mosaic.tiny import tiny_flux_components
+    from mosaic_studio.train.stages import STAGE_CLASSES
+
+    pipe = MosaicPipeline(**tiny_flux_components(TINY, seed=0))
+    batch = BatchSource(load_config(None, FAST).data, 2, token_size=8, with_references=False).batch(0)
+    mode, _ = encode_latents(pipe, batch.target)
+    targets = {}
+    for choice in ("mode", "sample"):
+        stage = STAGE_CLASSES[stage_name](
+            load_config(None, [*FAST, f"stage={stage_name}", f"loss.target_latents={choice}"])
+        )
+        targets[choice] = [stage.flow_inputs(pipe, batch, torch.Generator().manual_seed(s))["x0"] for s in (0, 1)]
+    assert all(torch.equal(x0, mode) for x0 in targets["mode"])  # whatever the step's generator
+    first, second = targets["sample"]
+    assert not torch.allclose(first, mode) and not torch.allclose(first, second)
+
+
+def test_an_unknown_target_latents_choice_is_refused_naming_the_key():
+    from mosaic_studio.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="loss.target_latents"):
+        load_config(None, ["loss.target_latents=mean"])

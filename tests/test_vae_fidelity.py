@@ -6,7 +6,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from mosaic_studio import DEFAULT_MODEL_DIR
-from mosaic_studio.evaluation.vae_fidelity import load_vae, psnr, summary, vae_fidelity
+from mosaic_studio.evaluation.vae_fidelity import load_vae, posterior_spread, psnr, summary, vae_fidelity
 
 
 def test_psnr_equals_a_float64_computation_on_unit_range_pixels():
@@ -62,3 +62,26 @@ def test_a_decoder_stage_checkpoint_loads_over_the_folders_encoder(tmp_path):
     save_file({k: v for k, v in decoder.items() if k != dropped}, tmp_path / "partial.safetensors")
     with pytest.raises(ValueError, match=dropped.removeprefix("model.")):
         load_vae(str(DEFAULT_MODEL_DIR), str(tmp_path / "partial.safetensors"))
+
+
+@torch.no_grad()
+def test_posterior_noise_matches_a_monte_carlo_estimate_from_two_samples():
+    """The mean posterior variance, against half the mean squared gap of two independent posterior
+    samples (each at the transformer's scale), a float64 estimate that never reads the std."""
+    torch.manual_seed(0)
+    vae = load_vae(str(DEFAULT_MODEL_DIR), None)
+    pixels = torch.rand(4, 3, 32, 32) * 2 - 1
+    report = posterior_spread(vae, pixels)
+    dist = vae.encode(pixels).latent_dist
+    scale = vae.config.scaling_factor
+    gaps = []
+    for seed in range(200):
+        g = torch.Generator().manual_seed(seed)
+        gaps.append(((dist.sample(g) - dist.sample(g)).double() * scale).pow(2).mean().item() / 2)
+    assert report["sampled_target_noise"] == pytest.approx(np.mean(gaps), rel=0.02)
+    mode = (dist.mode().double() * scale).numpy()
+    expected = [mode[:, c].std(ddof=1) for c in range(mode.shape[1])]
+    np.testing.assert_allclose(report["mode_std"], expected, atol=2e-3)
+    # A noise channel is one whose posterior is wider than its mode's spread.
+    wide = [c for c, (m, p) in enumerate(zip(report["mode_std"], report["posterior_std"])) if p > m]
+    assert report["noise_channels"] == wide and len(report["posterior_std"]) == vae.config.latent_channels

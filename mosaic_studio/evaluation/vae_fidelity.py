@@ -10,6 +10,12 @@ mode → decode, as generation and training use it (without the latent shift and
 cancel). PSNR is 10·log10(1 / MSE) on [0, 1] pixels, per image; the report gives its mean, a
 95 % bootstrap interval of the mean and the minimum, for targets by background type and overall,
 and for references.
+
+It also reports the targets' posterior per latent channel, in the transformer's units (after the
+latent shift and scale): the spread of the mode, and the posterior's own standard deviation. A
+channel whose posterior spread exceeds its mode's carries noise, not the image (the decoder
+ignores it), and a transformer trained on posterior samples (`loss.target_latents: sample`) must
+fit that noise: the mean posterior variance is the floor it adds to the flow-matching loss.
 """
 
 from __future__ import annotations
@@ -55,6 +61,25 @@ def summary(values: list[float]) -> dict:
     }
 
 
+@torch.no_grad()
+def posterior_spread(vae: AutoencoderKL, pixels: torch.Tensor, batch: int = 16) -> dict:
+    """Per latent channel, in the transformer's units: the mode's standard deviation over images
+    and positions, and the posterior's mean standard deviation; the noise channels (posterior
+    wider than mode) and the mean posterior variance."""
+    scale = vae.config.scaling_factor
+    dists = [vae.encode(chunk).latent_dist for chunk in pixels.split(batch)]
+    mode = torch.cat([d.mode() for d in dists]) * scale  # the shift cancels in a spread
+    std = torch.cat([d.std for d in dists]) * scale
+    mode_std = mode.transpose(0, 1).flatten(1).std(1)
+    posterior_std = std.transpose(0, 1).flatten(1).mean(1)
+    return {
+        "mode_std": [round(v, 3) for v in mode_std.tolist()],
+        "posterior_std": [round(v, 3) for v in posterior_std.tolist()],
+        "noise_channels": [c for c, (m, p) in enumerate(zip(mode_std, posterior_std)) if p > m],
+        "sampled_target_noise": round(std.pow(2).mean().item(), 3),
+    }
+
+
 def vae_fidelity(vae: AutoencoderKL, count: int, target_size: int = 128, ref_size: int = 64) -> dict:
     """PSNR of `count` held-out targets (1–6 subjects, cycled) and of all their references."""
     samples = [heldout_sample(index, 1 + index % 6, target_size, ref_size) for index in range(count)]
@@ -69,6 +94,7 @@ def vae_fidelity(vae: AutoencoderKL, count: int, target_size: int = 128, ref_siz
         "targets": summary(target_psnr),
         "targets_by_background": {name: summary(values) for name, values in sorted(by_background.items())},
         "references": summary(reference_psnr),
+        "target_posterior": posterior_spread(vae, targets),
         "sizes": {"target": target_size, "reference": ref_size},
     }
 

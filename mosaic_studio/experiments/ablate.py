@@ -16,7 +16,8 @@ references; see SWEEP_POINTS); they are compared among themselves, not with the 
 Each variant trains in its own process (`--jobs` at a time, one torch thread each), checkpoints
 under `<runs>/<variant>` and resumes where it stopped; a finished variant is skipped.
 Evaluation (mosaic_studio/evaluation/evaluate.py) runs every variant on the same held-out cases
-and seeds; the report compares them.
+and seeds; the report compares them, with how much each loss row's references lower its
+flow-matching loss (mosaic_studio/experiments/reference_benefit.py).
 """
 
 from __future__ import annotations
@@ -243,6 +244,24 @@ def evaluate_all(jobs, runs: Path, cases: int, workers: int, extra=()) -> None:
     _log_phase(runs, "evaluate", began, [j[0] for j in jobs])
 
 
+def benefit_jobs(variants, runs: Path, base: str) -> list[tuple[str, str, str]]:
+    """(row, model, lora) of the reference-benefit diagnostic: the base without a LoRA and every
+    loss row (the sweep's rows train at another size and are compared on attention)."""
+    rows = [(v.name, str(run_dir(runs, v) / "pipeline"), "auto") for v in variants if not v.in_sweep]
+    return [("base", base, "none"), *rows]
+
+
+def measure_benefit(name: str, model: str, lora: str, runs: Path, cases: int) -> float:
+    """How much the row's references lower its flow-matching loss on held-out scenes
+    (experiments.reference_benefit), in a child process; a finished row is skipped."""
+    out = runs / name / "reference_benefit.json"
+    if out.is_file():
+        return 0.0
+    command = [sys.executable, "-m", "mosaic_studio.experiments.reference_benefit"]
+    command += ["--model", model, "--lora", lora, "--cases", str(cases), "--threads", "1", "--out", str(out)]
+    return run_job(command, runs / f"{name}.benefit.out", f"measuring the reference benefit of {name!r}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -254,6 +273,9 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2, help="variants trained or evaluated at once")
     parser.add_argument("--cases", type=int, default=204, help="held-out cases per variant (spread over 1-6 subjects)")
+    parser.add_argument(
+        "--benefit-cases", type=int, default=96, help="held-out cases of each row's reference-benefit diagnostic"
+    )
     parser.add_argument("--no-sweep", action="store_true", help="skip the P_k sweep")
     parser.add_argument("--sweep-cases", type=int, default=102, help="cases per P_k sweep row (0 = --cases)")
     parser.add_argument(
@@ -292,6 +314,9 @@ def main(argv=None) -> None:
             raise SystemExit(f"not trained yet: {', '.join(missing)}; run --phase train first")
         evaluate_all(jobs, runs, args.cases, args.jobs, shlex.split(args.evaluate_args))
         if not args.only:
+            with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+                jobs = benefit_jobs(variants, runs, args.base)
+                list(pool.map(lambda job: measure_benefit(*job, runs, args.benefit_cases), jobs))
             print(f"report: {write_report(runs, Path(args.out), variants, args.base, collect_timings(runs))}")
     print(json.dumps(collect_timings(runs), indent=2))
 

@@ -4,7 +4,9 @@
                                          differences against "none" with 95% bootstrap intervals,
                                          the P_k sweep (at its own size, against its own P_k = 150
                                          anchor, with the points a reference can give), wall times
-    <out>/ablation/summary.json          every row's summary, the timings and the sweep's size
+                                         and how much each row's references lower its loss
+    <out>/ablation/summary.json          every row's summary, the timings, the sweep's size and the
+                                         reference benefits
     <out>/ablation/metrics_vs_subjects.png, pk_sweep.png, training_losses.png, attention.png,
                                          generations.png
     <out>/ablation/logs/<variant>.csv    each variant's training log
@@ -54,6 +56,19 @@ def load_evaluation(runs: Path, name: str) -> dict:
             f"no evaluation for {name!r} ({path}); run python -m mosaic_studio.experiments.ablate --phase evaluate"
         )
     return json.loads(path.read_text())
+
+
+def benefit_table(benefits: dict) -> str:
+    """Rows × noise levels: the reference benefit (experiments.reference_benefit) with its interval."""
+    levels = list(next(iter(benefits.values()))["levels"])
+    lines = ["| row | " + " | ".join(f"t = {t}" for t in levels) + " |", "|---" * (len(levels) + 1) + "|"]
+    for name, result in benefits.items():
+        cells = [
+            f"{cell['benefit']:+.4f} [{cell['ci95'][0]:+.4f}, {cell['ci95'][1]:+.4f}]"
+            for cell in (result["levels"][t] for t in levels)
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def paired_difference(a: list[dict], b: list[dict], metric: str, seed: int = 0) -> dict | None:
@@ -298,6 +313,16 @@ def write_report(runs: Path, out: Path, variants, base: str, timings: dict) -> P
         token_size = load_pipeline(base, lora=None, device="cpu").pixels_per_token
         sweep_parts, report["sweep"] = sweep_section(evaluations, sweep, folder, token_size)
         parts += sweep_parts
+    benefits = {
+        n: json.loads(f.read_text()) for n in table_rows if (f := runs / n / "reference_benefit.json").is_file()
+    }
+    if benefits:
+        parts += [
+            "## How much the references lower the flow-matching loss (without − with, 95% bootstrap interval)\n",
+            benefit_table(benefits),
+            "",
+        ]
+        report["reference_benefit"] = benefits
     parts += ["## Wall time (minutes)\n", wall_table(timings), ""]
     (folder / "summary.json").write_text(json.dumps(report, indent=2))
     results = folder / "RESULTS.md"

@@ -33,6 +33,7 @@ LORA_CONFIG = (
 # loss.blocks → the transformer blocks the Eq. 8 probe reads (training supervises them, evaluation measures them)
 PROBE_SITES = {"early": early_double_blocks, "double": all_double_blocks, "all": all_blocks}
 SCHEDULE_NAMES = ("constant", "cosine")
+TARGET_LATENTS = ("sample", "mode")  # loss.target_latents
 MIXED_PRECISION = ("no", "bf16", "fp16")  # accelerate's; fp8 needs extra packages and hardware
 MAX_SEED = 2**64 - 1  # torch.manual_seed's limit (numpy's SeedSequence takes any non-negative int)
 # Keys that may differ when a run resumes from its checkpoints: they change how long the run goes
@@ -195,6 +196,10 @@ class LossConfig(_Section):
     logit_mean: float = 0.0  # logit-normal timestep sampling, as in FLUX training
     logit_std: float = 1.0
     kl_weight: float = 1e-6  # VAE stage: KL term of the ELBO, small as in LDM autoencoders
+    # Flow-matching targets: the VAE posterior's "sample" (diffusers' training scripts) or its
+    # "mode". With a weak KL term, channels the decoder ignores keep a posterior near the prior
+    # (std ~1 after scaling): sampling them adds noise the transformer can never predict.
+    target_latents: str = "sample"
 
     def check(self) -> None:
         _check_range(self.key("alpha"), self.alpha, 0)
@@ -209,6 +214,7 @@ class LossConfig(_Section):
         _check_finite(self.key("logit_mean"), self.logit_mean)
         _check_range(self.key("logit_std"), self.logit_std, 0, low_open=True)
         _check_range(self.key("kl_weight"), self.kl_weight, 0)
+        _check_choice(self.key("target_latents"), self.target_latents, TARGET_LATENTS)
 
 
 @dataclass

@@ -143,7 +143,8 @@ class BaseStage(Stage):
 
     def flow_inputs(self, pipe, batch, generator, t=None):
         """Everything a denoising forward needs; `t` fixes the timestep (evaluation)."""
-        x0, grid = encode_latents(pipe, batch.target, generator=generator)  # training samples the posterior
+        sampled = self.config.loss.target_latents == "sample"
+        x0, grid = encode_latents(pipe, batch.target, generator=generator if sampled else None)
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         if t is None:
             t = sample_timesteps(
