@@ -46,3 +46,31 @@ def test_build_assembles_the_lora_stage_with_the_polished_decoder(tmp_path):
     info = json.loads((out / BUILD_INFO).read_text())
     assert info["stages"] == STAGE_INPUTS and set(info["wall_minutes"]) == set(BUILD_ORDER)
     assert not list(tmp_path.glob(".*"))  # no staging folder left beside the model
+
+
+def test_a_stage_whose_readers_are_all_exported_is_not_trained_again():
+    from mosaic_studio.train.build_default import stages_to_train
+
+    everything = dict.fromkeys(BUILD_ORDER, False)
+    assert stages_to_train(BUILD_ORDER, everything) == set(BUILD_ORDER)
+    # The tree's state: the refine stage exported, the base it read gone, lora and decoder to do.
+    tree = everything | {"refine": True}
+    assert stages_to_train(BUILD_ORDER, tree) == {"vae", "lora", "decoder"}  # vae: the decoder reads it
+    assert stages_to_train(BUILD_ORDER, tree | {"decoder": True}) == {"lora"}
+    assert stages_to_train(("vae", "base"), everything) == {"vae", "base"}  # --stop-after base
+    assert stages_to_train(("refine",), tree) == set()  # --only refine, already exported
+
+
+def test_a_rebuild_without_the_base_pipeline_retrains_only_what_reads_a_missing_one(tmp_path):
+    import shutil
+
+    runs, out = tmp_path / "runs", tmp_path / "model"
+    main(["--runs", str(runs), "--out", str(out), *TOY])
+    base = weights(runs / "refine" / "pipeline", "transformer")
+    shutil.rmtree(runs / "base" / "pipeline")
+    shutil.rmtree(runs / "lora")
+    main(["--runs", str(runs), "--out", str(out), *TOY])
+    assert not (runs / "base" / "pipeline").exists()  # the refine stage's export stands in for it
+    lora = runs / "lora" / "pipeline"
+    assert (out / "mosaic_lora.safetensors").read_bytes() == (lora / "mosaic_lora.safetensors").read_bytes()
+    assert all(v.equal(base[k]) for k, v in weights(lora, "transformer").items())  # the LoRA's frozen base

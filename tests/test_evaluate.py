@@ -193,3 +193,24 @@ def test_published_case_list_gets_clip_and_dino_scores(tmp_path):
         ev.evaluate(pipe, settings, tmp_path / "out2")
     with pytest.raises(ValueError, match="unknown benchmark"):
         ev.load_cases("imagenet:x", 0, 64, 8, None)
+
+
+def test_probe_reads_the_targets_the_default_lora_stage_trains_on(monkeypatch):
+    """The target is encoded as the default LoRA stage's loss.target_latents says (its posterior
+    mode), and the choice matters: a posterior sample gives other rows."""
+    from mosaic_studio.train.config import LORA_CONFIG, load_config
+
+    pipe = load_pipeline(device="cpu")
+    sample = ev.heldout_sample(2, 3)
+    batch = collate([sample], [sample.caption], 8, pipe.pixels_per_token, np.random.default_rng(0))
+    rows = {
+        choice: ev.probe_attention(
+            pipe, batch, 0.5, ["transformer_blocks.0"], torch.Generator().manual_seed(5), 32, target_latents=choice
+        )
+        for choice in ("sample", "mode")
+    }
+    assert not torch.allclose(rows["sample"], rows["mode"])
+    seen = []
+    monkeypatch.setattr(ev, "probe_attention", lambda *args, **kwargs: seen.append(args[-1]))
+    ev.probe_points(pipe, batch, 0.5)
+    assert seen == [load_config(LORA_CONFIG).loss.target_latents] == ["mode"]

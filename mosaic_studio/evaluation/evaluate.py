@@ -126,12 +126,14 @@ def probe_attention(
     generator: torch.Generator,
     max_sequence_length: int,
     reference_cache: bool = False,
+    target_latents: str = "sample",
 ) -> torch.Tensor:
     """Eq. 8 rows (B, K·P, N_tgt) of the batch's correspondence points (`batch.rows`) at noise
     level t, averaged over the transformer blocks `sites` (module names, e.g.
-    `mosaic.probe.early_double_blocks(pipe.transformer)`). The target is encoded (a posterior
-    sample) and noised with `generator` exactly as a training step does, so the rows are the ones
-    the losses supervise; references use the posterior mean.
+    `mosaic.probe.early_double_blocks(pipe.transformer)`). The target is encoded (the posterior's
+    "sample" or "mode", as the training's `loss.target_latents`) and noised with `generator`
+    exactly as a training step does, so the rows are the ones the losses supervise; references
+    use the posterior mode.
 
     reference_cache: run the forward under fast mode's mask (docs/DESIGN.md §7: reference queries
     see their own reference only; text and target queries still see every reference) instead of
@@ -149,7 +151,7 @@ def probe_attention(
     rows bit for bit; any site after it (the embedded default's every double block, FLUX.1-dev's
     early blocks 0–5) differs."""
     transformer = pipe.transformer
-    x0, grid = encode_latents(pipe, batch.target, generator=generator)
+    x0, grid = encode_latents(pipe, batch.target, generator=generator if target_latents == "sample" else None)
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     timestep = torch.as_tensor(t).expand(len(x0)).to(x0)
     prompt, pooled, text_ids = pipe.encode_prompt(
@@ -178,11 +180,12 @@ def probe_attention(
 
 
 @functools.lru_cache(maxsize=1)
-def lora_probe_settings() -> tuple[str, int]:
-    """(loss.blocks, model.max_sequence_length) of the default LoRA stage (train/configs/default_lora.yaml),
-    read once: PCK probes the sites that stage supervises, with its caption length."""
+def lora_probe_settings() -> tuple[str, int, str]:
+    """(loss.blocks, model.max_sequence_length, loss.target_latents) of the default LoRA stage
+    (train/configs/default_lora.yaml), read once: PCK probes the sites that stage supervises,
+    with its caption length and its targets."""
     config = load_config(LORA_CONFIG)
-    return config.loss.blocks, config.model.max_sequence_length
+    return config.loss.blocks, config.model.max_sequence_length, config.loss.target_latents
 
 
 def probe_sites(pipe) -> list[str]:
@@ -193,8 +196,10 @@ def probe_sites(pipe) -> list[str]:
 def probe_points(pipe, batch, t: float, reference_cache: bool = False) -> torch.Tensor:
     """`probe_attention` on the default LoRA stage's probe sites, with noise fixed by t."""
     generator = torch.Generator().manual_seed(int(t * 1000))
-    sites, max_sequence_length = probe_sites(pipe), lora_probe_settings()[1]
-    return probe_attention(pipe, batch, t, sites, generator, max_sequence_length, reference_cache)
+    _, max_sequence_length, target_latents = lora_probe_settings()
+    return probe_attention(
+        pipe, batch, t, probe_sites(pipe), generator, max_sequence_length, reference_cache, target_latents
+    )
 
 
 @torch.no_grad()

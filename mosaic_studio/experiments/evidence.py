@@ -27,7 +27,13 @@ GRID_COUNTS = (1, 2, 3, 4, 6)
 
 
 def plot_curves(runs: Path, out: Path) -> None:
-    panels = [("vae", ["loss"]), ("decoder", ["loss"]), ("base", ["loss"]), ("lora", ["diffusion", "scal", "mdl"])]
+    panels = [
+        ("vae", ["loss"]),
+        ("decoder", ["loss"]),
+        ("base", ["loss"]),
+        ("refine", ["loss"]),
+        ("lora", ["diffusion", "scal", "mdl"]),
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.4))
     for ax, (stage, columns) in zip(axes, panels):
         path = runs / stage / "log.csv"
@@ -41,7 +47,8 @@ def plot_curves(runs: Path, out: Path) -> None:
             window = max(1, len(values) // 30)
             smooth = np.convolve(values, np.ones(window) / window, mode="valid")
             ax.plot(steps[window - 1 :], smooth, label=column)
-        ax.set_title(f"{stage} stage")
+        targets = {"base": "posterior samples", "refine": "posterior mode"}.get(stage)  # loss floors differ
+        ax.set_title(f"{stage} stage" + (f" ({targets})" if targets else ""))
         ax.set_xlabel("step")
         ax.legend()
     fig.tight_layout()

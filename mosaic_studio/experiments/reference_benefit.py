@@ -5,7 +5,7 @@ caption does not say) predicts the target better with them; the benefit is the l
 minus the loss with, per case, with its 95 % bootstrap interval.
 
     python -m mosaic_studio.experiments.reference_benefit   # the embedded default, its LoRA on
-    python -m mosaic_studio.experiments.reference_benefit --model runs/default/base/pipeline --lora none
+    python -m mosaic_studio.experiments.reference_benefit --model runs/default/refine/pipeline --lora none
 
 Targets are the VAE posterior's mode: what the decoder draws, without the posterior noise no model
 can predict (see `loss.target_latents`). With a LoRA loaded, the forward with references is

@@ -2,7 +2,8 @@
 
     python -m mosaic_studio.train.build_default   # hours on 2 CPU cores (docs/TRAINING.md); resumable: rerun it
 
-init (random tiny FLUX pipeline, 4x VAE) → vae → base (text-to-image) → lora (MOSAIC), and
+init (random tiny FLUX pipeline, 4x VAE) → vae → base (text-to-image) → refine (the base on the
+VAE posterior's mode) → lora (MOSAIC), and
 vae → decoder (the VAE decoder polished on the frozen encoder) → `mosaic_studio/assets/tiny-flux`:
 the lora stage's pipeline drawn by the decoder stage's VAE (diffusers layout +
 `mosaic_lora.safetensors` in the authors' format).
@@ -47,7 +48,7 @@ DEFAULT_ARCHITECTURE = TinyFluxConfig(
 )
 # Build order, and the stage each one starts from ("init": the seeded random pipeline). The
 # decoder reads only the vae stage: the latents it draws are the encoder's, which never changes.
-STAGE_INPUTS = {"vae": "init", "base": "vae", "lora": "base", "decoder": "vae"}
+STAGE_INPUTS = {"vae": "init", "base": "vae", "refine": "base", "lora": "refine", "decoder": "vae"}
 BUILD_ORDER = tuple(STAGE_INPUTS)
 
 
@@ -76,9 +77,12 @@ def main(argv=None) -> None:
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     configs = {}
     stages = (args.only,) if args.only else BUILD_ORDER
+    if args.stop_after:
+        stages = BUILD_ORDER[: BUILD_ORDER.index(args.stop_after) + 1]
+    wanted = stages_to_train(stages, {stage: pipeline[stage].is_dir() for stage in stages})
     for stage in stages:
         source = pipeline[STAGE_INPUTS[stage]]
-        if not source.is_dir():
+        if stage in wanted and not source.is_dir():
             raise SystemExit(f"the {stage} stage starts from {source}, which is not trained yet")
         overrides = [o.split(":", 1)[1] for o in args.overrides if o.startswith(f"{stage}:")]
         configs[stage] = config = load_config(
@@ -90,7 +94,7 @@ def main(argv=None) -> None:
                 *overrides,
             ],
         )
-        if not pipeline[stage].is_dir():
+        if stage in wanted:
             began = time.monotonic()
             train(config)
             # read again: a stage in another process may have written its own minutes meanwhile
@@ -112,6 +116,21 @@ def main(argv=None) -> None:
     write_default_settings(staging, configs["lora"])
     replace_dir(staging, out)
     print(f"default model written to {out}; wall minutes per stage: {timings}")
+
+
+def stages_to_train(stages: tuple[str, ...], exported: dict[str, bool]) -> set[str]:
+    """The stages of `stages` that must train: those whose pipeline is not exported and that the
+    last stage or the final assembly needs, directly or through a stage that must train. A stage
+    whose every reader is exported is skipped even without its own pipeline (the tree keeps the
+    refine stage's pipeline, not the base's it started from)."""
+    ends = set(stages[-1:]) | ({"lora", "decoder"} & set(stages))
+    readers = {stage: [s for s in stages if STAGE_INPUTS[s] == stage] for stage in stages}
+    wanted: set[str] = set()
+    for stage in reversed(stages):  # readers come after the stage they read
+        needed = stage in ends or any(reader in wanted for reader in readers[stage])
+        if needed and not exported[stage]:
+            wanted.add(stage)
+    return wanted
 
 
 def write_default_settings(out: Path, lora_config) -> None:
