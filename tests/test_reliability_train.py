@@ -148,6 +148,7 @@ BAD = {
     "loss.logit_mean": ["nan"],
     "loss.logit_std": ["0"],
     "loss.kl_weight": ["-1e-6"],
+    "loss.target_latents": ["mean", "Mode"],
     "optim.lr": ["0", "-1", "nan", "fast"],
     "optim.weight_decay": ["-0.1"],
     "optim.warmup_steps": ["-1"],

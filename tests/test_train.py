@@ -198,10 +198,3 @@ def test_mode_targets_are_the_posterior_mode_and_sampled_targets_are_not(stage_n
     assert all(torch.equal(x0, mode) for x0 in targets["mode"])  # whatever the step's generator
     first, second = targets["sample"]
     assert not torch.allclose(first, mode) and not torch.allclose(first, second)
-
-
-def test_an_unknown_target_latents_choice_is_refused_naming_the_key():
-    from mosaic_studio.train.config import ConfigError
-
-    with pytest.raises(ConfigError, match="loss.target_latents"):
-        load_config(None, ["loss.target_latents=mean"])
