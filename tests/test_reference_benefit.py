@@ -7,7 +7,7 @@ import torch
 
 from mosaic_studio import DEFAULT_MODEL_DIR
 from mosaic_studio.evaluation.evaluate import synthetic_cases
-from mosaic_studio.experiments.reference_benefit import case_losses, measure
+from mosaic_studio.experiments.reference_benefit import case_losses, measure, mode_stage
 from mosaic_studio.mosaic.latents import encode_latents
 from mosaic_studio.mosaic.loading import load_pipeline
 from mosaic_studio.mosaic.transformer import grid_position_ids
@@ -22,7 +22,7 @@ def pipe():
 @torch.no_grad()
 def test_the_loss_without_references_is_the_stock_flux_forward(pipe):
     samples = [s for s in synthetic_cases(8, 128, pipe.pixels_per_token, 64) if len(s.references) == 2]
-    without, with_refs = case_losses(pipe, samples, 0.5, torch.Generator().manual_seed(3), max_sequence_length=64)
+    without, with_refs = case_losses(pipe, samples, 0.5, torch.Generator().manual_seed(3), mode_stage())
     # Independently: the same noise draw, the diffusers transformer called as FluxPipeline calls it,
     # with the LoRA off (in MOSAIC it acts on reference tokens only, and there are none).
     x0, grid = encode_latents(pipe, to_pixels([s.target for s in samples]))
@@ -50,7 +50,7 @@ def test_the_loss_without_references_is_the_stock_flux_forward(pipe):
 
 
 def test_measure_reports_the_paired_difference_per_level_and_subject_count(pipe):
-    report = measure(pipe, cases=6, side=128, ref_side=64, max_sequence_length=64, levels=(0.5,))
+    report = measure(pipe, cases=6, side=128, ref_side=64, levels=(0.5,))
     level = report["0.5"]
     assert level["benefit"] == pytest.approx(level["without"] - level["with"], abs=1e-6)
     assert set(level["by_subjects"]) == {"1", "2", "3", "4", "5", "6"}  # one case of each count

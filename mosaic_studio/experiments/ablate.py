@@ -315,8 +315,8 @@ def main(argv=None) -> None:
         evaluate_all(jobs, runs, args.cases, args.jobs, shlex.split(args.evaluate_args))
         if not args.only:
             with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-                jobs = benefit_jobs(variants, runs, args.base)
-                list(pool.map(lambda job: measure_benefit(*job, runs, args.benefit_cases), jobs))
+                benefits = benefit_jobs(variants, runs, args.base)
+                list(pool.map(lambda job: measure_benefit(*job, runs, args.benefit_cases), benefits))
             print(f"report: {write_report(runs, Path(args.out), variants, args.base, collect_timings(runs))}")
     print(json.dumps(collect_timings(runs), indent=2))
 

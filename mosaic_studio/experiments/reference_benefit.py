@@ -26,63 +26,49 @@ from mosaic_studio import DEFAULT_MODEL_DIR
 from mosaic_studio.evaluation.evaluate import synthetic_cases
 from mosaic_studio.evaluation.intervals import bootstrap_interval
 from mosaic_studio.evaluation.report import shown_path
-from mosaic_studio.mosaic.latents import encode_latents, encode_reference_pixels
+from mosaic_studio.mosaic.latents import encode_reference_pixels
 from mosaic_studio.mosaic.loading import load_pipeline
-from mosaic_studio.mosaic.transformer import grid_position_ids, mosaic_forward
 from mosaic_studio.train.config import LORA_CONFIG, load_config
-from mosaic_studio.train.data import to_pixels
-from mosaic_studio.train.flow import flow_matching_loss, noisy_latents
+from mosaic_studio.train.data import Batch, to_pixels
+from mosaic_studio.train.flow import flow_matching_loss
+from mosaic_studio.train.stages import BaseStage
 
 NOISE_LEVELS = (0.25, 0.5, 0.75, 0.95)
 NOISE_SEED = 0
 
 
+def mode_stage() -> BaseStage:
+    """The training forward of the default LoRA stage's config (its caption length) on the
+    posterior mode: what the losses below are computed with."""
+    return BaseStage(load_config(LORA_CONFIG, ["loss.target_latents=mode"]))
+
+
 @torch.no_grad()
-def case_losses(
-    pipe, samples, t: float, generator: torch.Generator, max_sequence_length: int
-) -> tuple[np.ndarray, np.ndarray]:
+def case_losses(pipe, samples, t: float, generator: torch.Generator, stage: BaseStage) -> tuple[np.ndarray, np.ndarray]:
     """(without, with): per-sample L_diff at noise level t of same-K `samples`, without and with
-    their references, on one draw of noise; captions encoded as in training."""
-    target = to_pixels([s.target for s in samples])
-    x0, grid = encode_latents(pipe, target)  # the posterior mode
-    noise = torch.randn(x0.shape, generator=generator).to(x0)
-    timestep = torch.full((len(x0),), t).to(x0)
-    prompt, pooled, text_ids = pipe.encode_prompt(
-        prompt=[s.caption for s in samples], prompt_2=None, max_sequence_length=max_sequence_length
-    )
-    inputs = dict(
-        encoder_hidden_states=prompt,
-        pooled_projections=pooled,
-        timestep=timestep,
-        img_ids=grid_position_ids(*grid, device=x0.device, dtype=x0.dtype),
-        txt_ids=text_ids,
-        guidance=torch.ones_like(timestep) if pipe.transformer.config.guidance_embeds else None,
-    )
-    x_t = noisy_latents(x0, noise, timestep)
+    their references, on one draw of noise, through `stage`'s training forward."""
+    batch = Batch(to_pixels([s.target for s in samples]), [s.caption for s in samples], None)
+    f = stage.flow_inputs(pipe, batch, generator, t=t)
     references = torch.stack([to_pixels([r.image for r in s.references]) for s in samples])
-    reference_latents, reference_ids = encode_reference_pixels(pipe, references)
     losses = []
-    for with_references in (False, True):
-        extra = dict(reference_latents=reference_latents, reference_ids=reference_ids) if with_references else {}
-        prediction = mosaic_forward(pipe.transformer, x_t, **inputs, **extra)
-        losses.append(flow_matching_loss(prediction, x0, noise, reduction="per_sample").cpu().numpy())
+    for refs in ((None, None), encode_reference_pixels(pipe, references)):
+        prediction = stage.forward(pipe.transformer, f, *refs)
+        losses.append(flow_matching_loss(prediction, f["x0"], f["noise"], reduction="per_sample").cpu().numpy())
     return losses[0], losses[1]
 
 
-def measure(pipe, cases: int, side: int, ref_side: int, max_sequence_length: int, levels=NOISE_LEVELS) -> dict:
+def measure(pipe, cases: int, side: int, ref_side: int, levels=NOISE_LEVELS) -> dict:
     """{t: {"without", "with", "benefit", "ci95", "by_subjects": {K: benefit}}} over the first
     `cases` held-out cases (1-6 subjects in turn)."""
     samples = synthetic_cases(cases, side, pipe.pixels_per_token, ref_side)
     by_count = defaultdict(list)
     for sample in samples:
         by_count[len(sample.references)].append(sample)
+    stage = mode_stage()
     result = {}
     for t in levels:
         generator = torch.Generator().manual_seed(NOISE_SEED)
-        rows = {
-            count: case_losses(pipe, group, t, generator, max_sequence_length)
-            for count, group in sorted(by_count.items())
-        }
+        rows = {count: case_losses(pipe, group, t, generator, stage) for count, group in sorted(by_count.items())}
         without = np.concatenate([w for w, _ in rows.values()])
         with_refs = np.concatenate([r for _, r in rows.values()])
         benefit = without - with_refs
@@ -111,7 +97,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model, lora=None if args.lora == "none" else args.lora, device="cpu")
-    # The tiny world's training sizes and caption length (a base folder records no native settings).
+    # The tiny world's training sizes (a base folder records no native settings).
     trained = load_config(LORA_CONFIG)
     side = args.side or trained.data.target_size
     ref_side = args.ref_side or trained.data.ref_size
@@ -121,7 +107,7 @@ def main(argv=None) -> None:
         "cases": args.cases,
         "side": side,
         "ref_side": ref_side,
-        "levels": measure(pipe, args.cases, side, ref_side, trained.model.max_sequence_length),
+        "levels": measure(pipe, args.cases, side, ref_side),
     }
     text = json.dumps(report, indent=2)
     if args.out:
