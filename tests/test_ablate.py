@@ -1,13 +1,13 @@
 """The ablation command end to end at toy size: four LoRAs from one base and seed that differ
 only in their loss weights, evaluated on the same cases, reported; and its paired statistics.
-The P_k sweep at a size of its own: its rows and anchor train, are evaluated and reported there."""
+The P_k sweep alone (--sweep-only), at a size of its own: its rows and anchor train, are
+evaluated and reported there, in a report of its own."""
 
 import json
 
 import numpy as np
 import pytest
 
-from mosaic_studio import DEFAULT_MODEL_DIR
 from mosaic_studio.evaluation.evaluate import heldout_sample
 from mosaic_studio.experiments import ablate
 from mosaic_studio.experiments.ablation_report import (
@@ -46,6 +46,9 @@ def test_ablation_trains_four_variants_and_reports(tmp_path):
         config["loss"].pop("alpha"), config["loss"].pop("beta"), config["run"].pop("output_dir")
     assert all(c == configs["none"] for c in configs.values())
     assert configs["none"]["optim"]["max_steps"] == 2
+    # The base as a path inside the checkout (tests run from its root): a run resumes only under
+    # its own config, so an absolute path would tie its checkpoints to one machine's folder.
+    assert configs["none"]["model"]["pretrained"] == "mosaic_studio/assets/tiny-flux"
 
     results = (docs / "ablation" / "RESULTS.md").read_text()
     for row in ("| base |", "| none |", "| scal |", "| mdl |", "| both |", "| oracle |"):
@@ -90,28 +93,24 @@ def test_paired_difference_is_the_mean_of_per_case_differences():
 
 
 @pytest.fixture(scope="module")
-def sweep_runs(tmp_path_factory):
-    """A toy sweep, one P_k besides its anchor, at 128 px targets with 32 px references (not the
-    loss rows' 64); every variant's own data.ref_size=48 must not win over the sweep's size."""
-    runs = tmp_path_factory.mktemp("sweep")
-    sweep = ablate.sweep_variants((2,), size=128, ref_size=32)
-    ablate.train_all(
-        sweep,
-        runs,
-        base=str(DEFAULT_MODEL_DIR),
-        steps=2,
-        seed=0,
-        jobs=2,
-        overrides=[*TOY_OVERRIDES, "data.ref_size=48"],
-    )
-    return runs, sweep
+def sweep_run(tmp_path_factory):
+    """`ablate --sweep-only` at toy size: one P_k besides its anchor, at 128 px targets with 32 px
+    references (not the loss rows' 64). Every variant's own data.ref_size=48, and --ref-side 48
+    for every evaluation, must not win over the sweep's size."""
+    root = tmp_path_factory.mktemp("sweep")
+    runs, docs = root / "runs", root / "docs"
+    argv = ["--runs", str(runs), "--out", str(docs), "--sweep-only", "--steps", "2", "--cases", "4"]
+    argv += ["--sweep-cases", "2", "--sweep-points", "2", "--sweep-size", "128", "--sweep-ref-size", "32"]
+    ablate.main([*argv, "--evaluate-args=--steps 1 --ref-side 48", *TOY_OVERRIDES, "data.ref_size=48"])
+    return runs, docs, ablate.sweep_variants((2,), size=128, ref_size=32)
 
 
-def test_sweep_rows_and_their_own_anchor_train_at_the_sweep_size(sweep_runs):
-    runs, sweep = sweep_runs
+def test_sweep_rows_and_their_own_anchor_train_at_the_sweep_size(sweep_run):
+    runs, _, sweep = sweep_run
     assert [v.name for v in sweep] == ["both_t128_r32_p150", "both_t128_r32_p2"]
     assert [v.is_sweep_anchor for v in sweep] == [True, False]
     assert not any(v.in_sweep for v in ablate.LOSS_VARIANTS)
+    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == [v.name for v in sweep]  # no loss row, no oracle
     configs = {v.name: json.loads((runs / v.name / "config.json").read_text()) for v in sweep}
     for config in configs.values():
         assert (config["data"]["target_size"], config["data"]["ref_size"]) == (128, 32)
@@ -126,28 +125,33 @@ def test_sweep_rows_and_their_own_anchor_train_at_the_sweep_size(sweep_runs):
     jobs = {name: extra for name, _, extra in ablate.evaluation_jobs([*ablate.LOSS_VARIANTS, *sweep], runs, "b", 2)}
     assert jobs["both_t128_r32_p2"] == ["--diversity-every", "0", "--cases", "2", "--side", "128", "--ref-side", "32"]
     assert jobs["both"] == [] and jobs["both_t128_r32_p150"] == jobs["both_t128_r32_p2"]
+    assert [name for name, _, _ in ablate.evaluation_jobs(sweep, runs, "b")] == [v.name for v in sweep]
+    assert ablate.benefit_jobs(sweep, runs, "b") == []
 
 
-def test_sweep_rows_are_evaluated_and_reported_at_their_size(sweep_runs, tmp_path):
-    runs, sweep = sweep_runs
+def test_sweep_rows_are_evaluated_and_reported_at_their_size(sweep_run, tmp_path):
+    runs, docs, sweep = sweep_run
     names = [v.name for v in sweep]
-    jobs = [j for j in ablate.evaluation_jobs(sweep, runs, str(DEFAULT_MODEL_DIR), sweep_cases=2) if j[0] in names]
-    # Options for every row come first: a row's own size wins over them.
-    ablate.evaluate_all(jobs, runs, cases=4, workers=2, extra=["--steps", "1", "--ref-side", "48"])
-    for name in names:
+    for name in names:  # a row's own size wins over the options for every row
         settings = json.loads((runs / name / "eval" / "settings.json").read_text())
         assert (settings["side"], settings["ref_side"], settings["cases"]) == (128, 32, 2)
-    parts, info = sweep_section({n: load_evaluation(runs, n) for n in names}, sweep, tmp_path, token_size=8)
-    text = "\n".join(parts)
+    folder = docs / "ablation" / "sweep"
+    text = (folder / "RESULTS.md").read_text()
+    assert not (docs / "ablation" / "RESULTS.md").exists()  # the loss report is not the sweep's
     assert "**128 px targets with 32 px references**" in text
-    assert info["anchor"] == "both_t128_r32_p150" and "| vs both_t128_r32_p150 |" in text
-    assert "| P_k=2 |" in text and "| P_k=150 |" in text
+    assert "| vs both_t128_r32_p150 |" in text and "| P_k=2 |" in text and "| P_k=150 |" in text
+    info = json.loads((folder / "summary.json").read_text())["sweep"]
+    assert info["anchor"] == "both_t128_r32_p150"
     stats = info["drawable"]
     assert f"median of {stats['median']:.0f} drawable points" in text
     # The target's token grid alone bounds the points: the reference size does not change them.
-    assert stats == drawable_point_stats(128, 64, 8, [2, 150])
-    assert stats["all_drawn"][150] == 1.0 and stats["all_drawn"][2] < 0.05
-    assert (tmp_path / "pk_sweep.png").is_file()
+    assert stats == json.loads(json.dumps(drawable_point_stats(128, 64, 8, [2, 150])))
+    assert stats["all_drawn"]["150"] == 1.0 and stats["all_drawn"]["2"] < 0.05
+    for name in ("pk_sweep.png", *(f"logs/{n}.csv" for n in names), *(f"records/{n}.jsonl.gz" for n in names)):
+        assert (folder / name).is_file(), name
+    # The same section straight from the evaluations, as the report built it.
+    parts, direct = sweep_section({n: load_evaluation(runs, n) for n in names}, sweep, tmp_path, token_size=8)
+    assert "\n".join(parts) in text and json.loads(json.dumps(direct)) == info
 
 
 def test_drawable_points_are_the_most_the_sampler_draws():

@@ -5,6 +5,7 @@
     python -m mosaic_studio.experiments.ablate --phase evaluate  # evaluate (resumable) and write the report
     python -m mosaic_studio.experiments.ablate --no-sweep --steps 100 --cases 24 --runs runs/ablation-quick  # quick
     python -m mosaic_studio.experiments.ablate --sweep-size 256 --sweep-points 10,25,50,100  # ~8x a loss row per step
+    python -m mosaic_studio.experiments.ablate --sweep-only --sweep-cases 60  # only the P_k sweep: ablation/sweep/
 
 Every variant is the default LoRA stage (mosaic_studio/train/configs/default_lora.yaml) from the same base
 (the embedded default's transformer, its LoRA ignored), the same world seed (so the same
@@ -34,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mosaic_studio import DEFAULT_MODEL_DIR
-from mosaic_studio.experiments.ablation_report import write_report
+from mosaic_studio.evaluation.report import shown_path
+from mosaic_studio.experiments.ablation_report import write_report, write_sweep_report
 from mosaic_studio.train.config import LORA_CONFIG
 
 PAPER_ALPHA, PAPER_BETA, PAPER_POINTS = 0.4, 0.6, 150
@@ -226,9 +228,12 @@ def evaluation_args(variant: Variant, sweep_cases: int = 0) -> list[str]:
 
 
 def evaluation_jobs(variants, runs: Path, base: str, sweep_cases: int = 0) -> list[tuple[str, str, list[str]]]:
-    """(name, model, extra args): every trained variant, the base without any LoRA, and the
-    oracle (the metrics on the true targets: their ceiling on this world)."""
+    """(name, model, extra args): every trained variant and, where loss rows are among them, the
+    loss table's reference rows: the base without any LoRA and the oracle (the metrics on the
+    true targets: their ceiling on this world). The sweep compares with its own anchor only."""
     trained = [(v.name, str(run_dir(runs, v) / "pipeline"), evaluation_args(v, sweep_cases)) for v in variants]
+    if all(v.in_sweep for v in variants):
+        return trained
     return [("oracle", base, ["--oracle"]), *trained, ("base", base, ["--lora", "none"])]
 
 
@@ -248,7 +253,7 @@ def benefit_jobs(variants, runs: Path, base: str) -> list[tuple[str, str, str]]:
     """(row, model, lora) of the reference-benefit diagnostic: the base without a LoRA and every
     loss row (the sweep's rows train at another size and are compared on attention)."""
     rows = [(v.name, str(run_dir(runs, v) / "pipeline"), "auto") for v in variants if not v.in_sweep]
-    return [("base", base, "none"), *rows]
+    return [("base", base, "none"), *rows] if rows else []
 
 
 def measure_benefit(name: str, model: str, lora: str, runs: Path, cases: int) -> float:
@@ -264,8 +269,10 @@ def measure_benefit(name: str, model: str, lora: str, runs: Path, cases: int) ->
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Relative to the repository root it runs from: every run's config.json records the base, and a
+    # run resumes only under the same config, so an absolute path would tie a run to one checkout.
     parser.add_argument(
-        "--base", default=str(DEFAULT_MODEL_DIR), help="pipeline folder whose transformer is the frozen base"
+        "--base", default=shown_path(DEFAULT_MODEL_DIR), help="pipeline folder whose transformer is the frozen base"
     )
     parser.add_argument("--runs", default="runs/ablation")
     parser.add_argument("--out", default="docs", help="where ABLATION.md and docs/ablation/ go")
@@ -276,7 +283,11 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--benefit-cases", type=int, default=96, help="held-out cases of each row's reference-benefit diagnostic"
     )
-    parser.add_argument("--no-sweep", action="store_true", help="skip the P_k sweep")
+    rows = parser.add_mutually_exclusive_group()
+    rows.add_argument("--no-sweep", action="store_true", help="skip the P_k sweep")
+    rows.add_argument(
+        "--sweep-only", action="store_true", help="only the P_k sweep (its report needs none of the loss rows)"
+    )
     parser.add_argument("--sweep-cases", type=int, default=102, help="cases per P_k sweep row (0 = --cases)")
     parser.add_argument(
         "--sweep-points",
@@ -302,7 +313,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     runs = Path(args.runs)
     sweep = sweep_variants(args.sweep_points, size=args.sweep_size, ref_size=args.sweep_ref_size)
-    variants = LOSS_VARIANTS + (() if args.no_sweep else sweep)
+    variants = (() if args.sweep_only else LOSS_VARIANTS) + (() if args.no_sweep else sweep)
     if args.phase in ("train", "all"):
         train_all(variants, runs, args.base, args.steps, args.seed, args.jobs, args.overrides)
     if args.phase in ("evaluate", "all"):
@@ -317,7 +328,11 @@ def main(argv=None) -> None:
             with ThreadPoolExecutor(max_workers=args.jobs) as pool:
                 benefits = benefit_jobs(variants, runs, args.base)
                 list(pool.map(lambda job: measure_benefit(*job, runs, args.benefit_cases), benefits))
-            print(f"report: {write_report(runs, Path(args.out), variants, args.base, collect_timings(runs))}")
+            out, timings = Path(args.out), collect_timings(runs)
+            if not args.sweep_only:
+                print(f"report: {write_report(runs, out, variants, args.base, timings)}")
+            if not args.no_sweep:
+                print(f"sweep report: {write_sweep_report(runs, out, sweep, args.base, timings)}")
     print(json.dumps(collect_timings(runs), indent=2))
 
 

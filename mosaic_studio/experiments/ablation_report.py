@@ -1,16 +1,16 @@
 """The ablation's results, from the evaluations under <runs>/<row>/eval (mosaic_studio/experiments/ablate.py):
 
-    <out>/ablation/RESULTS.md            tables: Table-4 analogue, per subject count, paired
+    <out>/ablation/RESULTS.md            the loss rows: Table-4 analogue, per subject count, paired
                                          differences against "none" with 95% bootstrap intervals,
-                                         the P_k sweep (at its own size, against its own P_k = 150
-                                         anchor, with the points a reference can give), wall times
-                                         and how much each row's references lower its loss
-    <out>/ablation/summary.json          every row's summary, the timings, the sweep's size and the
-                                         reference benefits
-    <out>/ablation/metrics_vs_subjects.png, pk_sweep.png, training_losses.png, attention.png,
-                                         generations.png
+                                         how much each row's references lower its loss, wall times
+    <out>/ablation/summary.json          every row's summary, the timings and the reference benefits
+    <out>/ablation/metrics_vs_subjects.png, training_losses.png, attention.png, generations.png
     <out>/ablation/logs/<variant>.csv    each variant's training log
     <out>/ablation/records/<row>.jsonl.gz  every case's metrics, per row
+    <out>/ablation/sweep/                the P_k sweep, at its own size, against its own P_k = 150
+                                         anchor, with the points a reference can give: RESULTS.md,
+                                         summary.json, pk_sweep.png, logs/, records/ (written by
+                                         write_sweep_report; it needs none of the loss rows)
 
 Differences are paired: every row ran the same cases with the same generation seeds, so the
 interval is over cases of the per-case difference (evaluation.intervals: BOOTSTRAP_DRAWS resamples, fixed seed).
@@ -266,23 +266,38 @@ def wall_table(timings: dict) -> str:
     return "\n".join(lines + [f"| **all invocations, first start to last end** | **{span:.1f}** | |"])
 
 
-def write_report(runs: Path, out: Path, variants, base: str, timings: dict) -> Path:
-    """Write <out>/ablation/ (see the module docstring); returns RESULTS.md's path. timings:
-    `ablate.collect_timings(runs)`."""
-    folder = out / "ablation"
+def _rows_timings(timings: dict, names) -> dict:
+    """`timings` (ablate.collect_timings) narrowed to the jobs of one report, and to the
+    invocations that ran any of them."""
+    names = set(names)
+    return {
+        "train": {n: m for n, m in timings["train"].items() if n in names},
+        "evaluate": {n: m for n, m in timings["evaluate"].items() if n in names},
+        "phases": [p for p in timings["phases"] if names & set(p["jobs"])],
+    }
+
+
+def _copy_logs_and_records(runs: Path, folder: Path, trained, evaluated_rows) -> None:
+    """Each trained variant's training log and each evaluated row's case metrics (gzip, mtime=0:
+    the same bytes each run), small enough to commit."""
     (folder / "logs").mkdir(parents=True, exist_ok=True)
-    loss_rows = [v.name for v in variants if not v.in_sweep]
-    names = ["oracle", *loss_rows]  # required; the base and sweep rows are reported when evaluated
-    names += [n for n in ["base", *(v.name for v in variants if v.name not in loss_rows)] if evaluated(runs, n)]
-    evaluations = {name: load_evaluation(runs, name) for name in names}
-    summaries = {name: evaluations[name]["summary"] for name in names}
-    sweep = [v for v in variants if v.in_sweep and v.name in names]
-    for v in variants:
-        shutil.copyfile(runs / v.name / "log.csv", folder / "logs" / f"{v.name}.csv")
     (folder / "records").mkdir(exist_ok=True)
-    for name in names:  # every case's metrics, small enough to commit (mtime=0: same bytes each run)
+    for name in trained:
+        shutil.copyfile(runs / name / "log.csv", folder / "logs" / f"{name}.csv")
+    for name in evaluated_rows:
         data = (runs / name / "eval" / "records.jsonl").read_bytes()
         (folder / "records" / f"{name}.jsonl.gz").write_bytes(gzip.compress(data, mtime=0))
+
+
+def write_report(runs: Path, out: Path, variants, base: str, timings: dict) -> Path:
+    """Write <out>/ablation/ (see the module docstring) for the loss rows of `variants`; returns
+    RESULTS.md's path. timings: `ablate.collect_timings(runs)`."""
+    folder = out / "ablation"
+    loss_rows = [v.name for v in variants if not v.in_sweep]
+    names = ["oracle", *loss_rows] + (["base"] if evaluated(runs, "base") else [])  # the base when evaluated
+    evaluations = {name: load_evaluation(runs, name) for name in names}
+    summaries = {name: evaluations[name]["summary"] for name in names}
+    _copy_logs_and_records(runs, folder, loss_rows, names)
 
     table_rows = [n for n in ["base", *loss_rows, "oracle"] if n in names]
     plot_by_subjects(
@@ -291,14 +306,15 @@ def write_report(runs: Path, out: Path, variants, base: str, timings: dict) -> P
         [m for m in COMPARED if m in summaries["none"]["overall"]],
         "loss ablation on held-out synthetic cases",
     )
-    plot_training(runs, [v.name for v in variants if v.name in loss_rows], folder / "training_losses.png")
+    plot_training(runs, loss_rows, folder / "training_losses.png")
     plot_attention(
         {"base": (base, None)} | {n: (str(runs / n / "pipeline"), "auto") for n in loss_rows}, folder / "attention.png"
     )
     plot_generations(runs, table_rows, folder / "generations.png")
     parts = [
         "# Ablation results (generated by `python -m mosaic_studio.experiments.ablate`; do not edit)\n",
-        f"{summaries['none']['cases']} held-out cases per row; same cases and seeds for every row.\n",
+        f"{summaries['none']['cases']} held-out cases per row; same cases and seeds for every row. "
+        "The P_k sweep, at a size of its own, is reported apart, in `sweep/RESULTS.md`.\n",
         "## Table 4 analogue\n",
         markdown_table({n: summaries[n] for n in table_rows}),
         "",
@@ -308,11 +324,8 @@ def write_report(runs: Path, out: Path, variants, base: str, timings: dict) -> P
         "## By number of subjects\n",
         *[markdown_by_subjects({n: summaries[n] for n in table_rows}, m) + "\n" for m in BY_SUBJECTS],
     ]
+    timings = _rows_timings(timings, names)
     report = {"summaries": summaries, "timings": timings}
-    if len(sweep) > 1 and any(v.is_sweep_anchor for v in sweep):
-        token_size = load_pipeline(base, lora=None, device="cpu").pixels_per_token
-        sweep_parts, report["sweep"] = sweep_section(evaluations, sweep, folder, token_size)
-        parts += sweep_parts
     benefits = {
         n: json.loads(f.read_text()) for n in table_rows if (f := runs / n / "reference_benefit.json").is_file()
     }
@@ -323,7 +336,27 @@ def write_report(runs: Path, out: Path, variants, base: str, timings: dict) -> P
             "",
         ]
         report["reference_benefit"] = benefits
-    parts += ["## Wall time (minutes)\n", wall_table(timings), ""]
+    return _write_results(folder, parts, report, timings)
+
+
+def write_sweep_report(runs: Path, out: Path, sweep, base: str, timings: dict) -> Path:
+    """Write <out>/ablation/sweep/ for the P_k sweep's rows (ablate.Variant, its P_k = 150 anchor
+    among them): RESULTS.md, summary.json, pk_sweep.png, logs/ and records/. The loss rows are
+    not needed: the sweep is compared with its own anchor, at its own size."""
+    folder = out / "ablation" / "sweep"
+    names = [v.name for v in sweep]
+    evaluations = {name: load_evaluation(runs, name) for name in names}
+    _copy_logs_and_records(runs, folder, names, names)
+    token_size = load_pipeline(base, lora=None, device="cpu").pixels_per_token
+    sweep_parts, info = sweep_section(evaluations, sweep, folder, token_size)
+    parts = ["# P_k sweep results (generated by `python -m mosaic_studio.experiments.ablate`; do not edit)\n"]
+    timings = _rows_timings(timings, names)
+    report = {"sweep": info, "summaries": {n: evaluations[n]["summary"] for n in names}, "timings": timings}
+    return _write_results(folder, parts + sweep_parts, report, timings)
+
+
+def _write_results(folder: Path, parts: list[str], report: dict, timings: dict) -> Path:
+    parts = [*parts, "## Wall time (minutes)\n", wall_table(timings), ""]
     (folder / "summary.json").write_text(json.dumps(report, indent=2))
     results = folder / "RESULTS.md"
     results.write_text("\n".join(parts))
